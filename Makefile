@@ -1,0 +1,36 @@
+# One-command set-up, tests, demo and benchmarks. Works on a fresh machine with python3 (3.10+).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat setup.py Makefile | cksum | cut -d' ' -f1)
+COLOSSALAI := colossalai==0.5.0
+PYTEST_ARGS ?= -m "not slow"
+
+.PHONY: setup test test-all demo bench clean
+
+setup: $(STAMP)
+
+# Re-runs only when setup.py or this Makefile change; colossalai goes in last with --no-deps
+# (its metadata pins torch<=2.5.1 and would pull a CUDA build).
+$(STAMP):
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install -q -e ".[test]"
+	$(BIN)/python -m pip install -q --no-deps $(COLOSSALAI)
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+test: setup
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+test-all: PYTEST_ARGS =
+test-all: test
+
+demo: setup
+	$(BIN)/python -m colossal_hammer.demo
+
+bench: setup
+	$(BIN)/python bench/train_overhead.py
+
+clean:
+	rm -rf $(VENV) logs_dir demo_output .pytest_cache

@@ -1,0 +1,52 @@
+"""colossal_hammer: continual pretraining and SFT of Llama-family models on Colossal-AI Booster plugins.
+
+colossalai itself is NOT in install_requires: colossalai 0.5.0's metadata pins torch<=2.5.1, which
+would replace our torch with a multi-GB CUDA build. `make setup` installs it with --no-deps after
+this package; everything it needs at run time is pinned below.
+"""
+
+from setuptools import find_packages, setup
+
+COLOSSALAI = "colossalai==0.5.0"
+
+# Measured together on CPU (see ../shared/DESIGN.md): change one, re-run `make test`.
+INSTALL_REQUIRES = [
+    "torch==2.13.0",
+    "transformers==4.51.3",
+    "tokenizers==0.21.4",
+    "datasets==5.0.1",
+    "sentencepiece==0.2.3",
+    "protobuf==7.36.2",
+    "tensorboard==2.21.0",
+    "safetensors==0.8.0",
+    "accelerate==1.15.0",
+    # colossalai 0.5.0's runtime needs (its own metadata would pull an old CUDA torch):
+    "numpy==2.4.6",
+    "tqdm",
+    "psutil",
+    "packaging",
+    "rich",
+    "click",
+    "fabric",
+    "contexttimer",
+    "ninja",
+    "einops",
+    "pydantic==2.14.3",
+    "peft==0.13.2",
+    "galore-torch==1.0",  # colossalai.nn.optimizer imports galore_torch, which imports bitsandbytes
+    "bitsandbytes==0.50.2",
+]
+
+setup(
+    name="colossal_hammer",
+    version="0.1.0",
+    description="Continual pretraining and SFT of Llama-family models on Colossal-AI's Booster plugins",
+    packages=find_packages(include=["colossal_hammer", "colossal_hammer.*"]),
+    python_requires=">=3.10",
+    install_requires=INSTALL_REQUIRES,
+    extras_require={
+        "test": ["pytest==9.2.0"],
+        "gpu": ["flash-attn"],  # GPU-only; SDPA is used where it is missing
+    },
+    entry_points={"console_scripts": ["colossal-hammer-train=colossal_hammer.training.cli:main"]},
+)
