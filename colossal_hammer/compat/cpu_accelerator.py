@@ -1,0 +1,247 @@
+"""Make Colossal-AI 0.5.0's Booster plugins run on a CPU-only host over gloo.
+
+Colossal-AI ships a `CpuAccelerator`, but most of its methods raise "not supported for cpu
+accelerator", and a few code paths assume CUDA. Each patch below fills one of those gaps with the
+CPU's honest equivalent: there is a single in-order execution stream on a CPU, so streams and events
+are no-ops whose `synchronize`/`wait` return at once; RNG is torch's CPU generator.
+
+`activate()` does nothing when a CUDA device is present, so the GPU path runs Colossal-AI untouched.
+Set `COLOSSAL_HAMMER_CPU_COMPAT=0` to switch the layer off even on CPU (to see the raw failures).
+"""
+
+import contextlib
+import os
+
+import torch
+import torch.distributed
+
+_ACTIVE = False
+
+
+def wanted() -> bool:
+    if os.environ.get("COLOSSAL_HAMMER_CPU_COMPAT", "1") == "0":
+        return False
+    return not torch.cuda.is_available()
+
+
+def is_active() -> bool:
+    return _ACTIVE
+
+
+class _NullStream:
+    """A stream on a device that executes everything in order: nothing to wait for."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def wait_stream(self, stream):
+        pass
+
+    def wait_event(self, event):
+        pass
+
+    def record_event(self, event=None):
+        return event if event is not None else _NullEvent()
+
+    def query(self):
+        return True
+
+
+class _NullEvent:
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def record(self, stream=None):
+        pass
+
+    def wait(self, stream=None):
+        pass
+
+    def synchronize(self):
+        pass
+
+    def query(self):
+        return True
+
+    def elapsed_time(self, end_event):
+        return 0.0
+
+
+def _complete_cpu_accelerator_class():
+    from colossalai.accelerator.cpu_accelerator import CpuAccelerator
+
+    class CompleteCpuAccelerator(CpuAccelerator):
+        # ---- device ----
+        def current_device(self) -> int:
+            return 0
+
+        def set_device(self, device=None) -> None:
+            pass
+
+        def synchronize(self, device=None):
+            pass
+
+        def device_count(self):
+            return 1
+
+        def get_device_name(self, device=None) -> str:
+            return "cpu"
+
+        # ---- RNG: the upstream version passes `device` to torch.get_rng_state, which takes none ----
+        def get_rng_state(self, device=None) -> torch.Tensor:
+            return torch.get_rng_state()
+
+        def get_rng_state_all(self):
+            return [torch.get_rng_state()]
+
+        def set_rng_state(self, new_state, device=None) -> None:
+            torch.set_rng_state(new_state)
+
+        def set_rng_state_all(self, new_states) -> None:
+            torch.set_rng_state(new_states[0])
+
+        def manual_seed(self, seed: int) -> None:
+            torch.manual_seed(seed)
+
+        def manual_seed_all(self, seed: int) -> None:
+            torch.manual_seed(seed)
+
+        def seed(self) -> None:
+            torch.seed()
+
+        def seed_all(self) -> None:
+            torch.seed()
+
+        def initial_seed(self) -> int:
+            return torch.initial_seed()
+
+        # ---- memory: the host has no device allocator to query ----
+        def empty_cache(self) -> None:
+            pass
+
+        def memory_stats(self, device=None):
+            return {}
+
+        def memory_summary(self, device=None, abbreviated=False) -> str:
+            return ""
+
+        def memory_allocated(self, device=None) -> int:
+            return 0
+
+        def max_memory_allocated(self, device=None) -> int:
+            return 0
+
+        def reset_max_memory_allocated(self, device=None) -> None:
+            pass
+
+        def reset_max_memory_cached(self, device=None) -> None:
+            pass
+
+        def reset_peak_memory_stats(self, device=None) -> None:
+            pass
+
+        # ---- streams and events ----
+        def Stream(self, device=None, priority=0, **kwargs):
+            return _NullStream()
+
+        def Event(self, enable_timing: bool = False, blocking: bool = False, interprocess: bool = False):
+            return _NullEvent()
+
+        def current_stream(self, device=None):
+            return _NullStream()
+
+        def default_stream(self, device=None):
+            return _NullStream()
+
+        def set_stream(self, stream_):
+            pass
+
+        def stream(self, stream_):
+            return contextlib.nullcontext()
+
+    return CompleteCpuAccelerator
+
+
+def _patch_record_stream() -> None:
+    """ZeRO's overlapped reduction calls `tensor.record_stream(stream)`; on CPU there is one stream."""
+    original = torch.Tensor.record_stream
+    if getattr(original, "_colossal_hammer", False):
+        return
+
+    def record_stream(self, stream):
+        if isinstance(stream, _NullStream) or self.device.type == "cpu":
+            return None
+        return original(self, stream)
+
+    record_stream._colossal_hammer = True
+    torch.Tensor.record_stream = record_stream
+
+
+def _patch_low_level_zero_sanity_check() -> None:
+    """`LowLevelZeroOptimizer._sanity_checks` asserts cuda/npu; keep its dtype check, drop the device one."""
+    from colossalai.zero.low_level.low_level_optim import LowLevelZeroOptimizer
+
+    def _sanity_checks(self):
+        for param_group in self.optim.param_groups:
+            for param in param_group["params"]:
+                if not getattr(param, "skip_zero_check", False):
+                    assert (
+                        param.dtype == self._dtype
+                    ), f"Parameters are expected to have the same dtype `{self._dtype}`, but got `{param.dtype}`"
+
+    LowLevelZeroOptimizer._sanity_checks = _sanity_checks
+
+
+def _patch_cpu_adam_kernel() -> None:
+    """CPUAdam/HybridAdam load a C++ kernel that cannot be built without CUDA: use the torch one."""
+    from colossalai.kernel import kernel_loader
+
+    from .cpu_adam import TorchCPUAdamModule
+
+    kernel_loader.CPUAdamLoader.load = lambda self, ext_name=None: TorchCPUAdamModule
+
+
+def _patch_gemini_chunk_access() -> None:
+    """Gemini tells a chunk in compute memory from one offloaded to the host by device *type*.
+
+    `ChunkManager.access_chunk` moves a chunk whose `device_type == "cpu"` to the compute device; when
+    the compute device is the CPU that is every chunk, including gathered ones, and `shard_move` then
+    asserts. A chunk that is gathered or holds its compute shard is already usable: only register it
+    as accessed, as the upstream method does after its move. Offloaded chunks take the upstream path.
+    """
+    from colossalai.zero.gemini.chunk.manager import ChunkManager
+
+    upstream = ChunkManager.access_chunk
+
+    def access_chunk(self, chunk, async_access: bool = False):
+        if chunk in self.accessed_chunks or not (chunk.is_gathered or chunk.cuda_shard is not None):
+            return upstream(self, chunk, async_access)
+        self._ChunkManager__sub_memory_usage(chunk.memory_usage)
+        work = self._ChunkManager__add_accessed_chunk(chunk, async_access=async_access)
+        self._ChunkManager__add_memory_usage(chunk.memory_usage)
+        return work
+
+    ChunkManager.access_chunk = access_chunk
+
+
+def activate() -> bool:
+    """Install the CPU layer if no CUDA device is present. Idempotent. Returns whether it is active."""
+    global _ACTIVE
+    if _ACTIVE or not wanted():
+        return _ACTIVE
+    # pipeline/p2p.py calls an API that torch removed; on a CPU host HCCL is never available.
+    if not hasattr(torch.distributed, "is_hccl_available"):
+        torch.distributed.is_hccl_available = lambda: False
+
+    from colossalai.accelerator import set_accelerator
+
+    set_accelerator(_complete_cpu_accelerator_class()())
+    _patch_record_stream()
+    _patch_low_level_zero_sanity_check()
+    _patch_cpu_adam_kernel()
+    _patch_gemini_chunk_access()
+    _ACTIVE = True
+    return True
