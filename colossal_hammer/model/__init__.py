@@ -1,0 +1,1 @@
+"""Model building, embedding initialisation, export."""

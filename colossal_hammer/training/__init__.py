@@ -1,0 +1,1 @@
+"""Training engine: config, plugins, loop, schedule."""

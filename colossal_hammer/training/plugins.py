@@ -1,0 +1,129 @@
+"""From the CLI's parallelism flags to one Colossal-AI Booster plugin, and what the loop must know of it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.distributed as dist
+
+from .config import TrainConfig
+
+# What runs on a CPU-only host through colossal_hammer.compat (tests/training/test_plugin_parity.py).
+CPU_PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "3d")
+
+
+@dataclass
+class ParallelLayout:
+    """What the training loop needs to know about how a plugin splits the work."""
+
+    dp_size: int
+    dp_rank: int
+    pipeline: bool  # steps go through booster.execute_pipeline
+    loss_owner: bool  # this rank holds a loss that counts once in the data-parallel mean
+    grad_accumulation: str  # "no_sync": skip the all-reduce between micro-steps; "sync": plugin accumulates itself
+
+
+def build_plugin(cfg: TrainConfig):
+    """Return the Booster plugin for `cfg.plugin`. Raises SystemExit with one line on a bad combination."""
+    from colossalai.booster.plugin import GeminiPlugin, HybridParallelPlugin, LowLevelZeroPlugin, TorchDDPPlugin
+
+    from .. import compat
+
+    if cfg.plugin == "gemini_auto" and compat.is_active():
+        raise SystemExit(
+            "error: gemini_auto places chunks between GPU and host memory by measuring the GPU; a CPU-only "
+            "host has one memory, so it cannot run here. Plugins that run on CPU: " + ", ".join(CPU_PLUGINS)
+        )
+    clip = cfg.grad_clip if cfg.grad_clip > 0 else 0.0
+    if cfg.plugin == "ddp":
+        # Frozen parameters (stage-1 vocabulary training) need find_unused_parameters; grad
+        # checkpointing re-enters forward and is incompatible with it.
+        return TorchDDPPlugin(find_unused_parameters=False)
+    if cfg.plugin in ("gemini", "gemini_auto"):
+        return GeminiPlugin(
+            precision=cfg.mixed_precision,
+            placement_policy="auto" if cfg.plugin == "gemini_auto" else "static",
+            initial_scale=2**16,
+            max_norm=clip,
+            enable_gradient_accumulation=cfg.accumulation_steps > 1,
+            enable_flash_attention=cfg.use_flash_attn,
+        )
+    if cfg.plugin in ("zero2", "zero2_cpu"):
+        return LowLevelZeroPlugin(
+            stage=2,
+            precision=cfg.mixed_precision,
+            initial_scale=2**16,
+            cpu_offload=cfg.plugin == "zero2_cpu",
+            max_norm=clip,
+        )
+    if cfg.plugin == "3d":
+        world = dist.get_world_size()
+        model_parallel = cfg.tp * cfg.pp * (cfg.sp if cfg.sp_mode == "all_to_all" else 1)
+        if world % model_parallel:
+            raise SystemExit(
+                f"error: world size {world} is not divisible by tp*pp*sp = {model_parallel} "
+                f"(--tp {cfg.tp} --pp {cfg.pp} --sp {cfg.sp})"
+            )
+        if cfg.pp > 1 and cfg.batch_size % cfg.microbatch_size:
+            raise SystemExit(f"error: --batch_size {cfg.batch_size} must be a multiple of --microbatch_size")
+        kwargs = dict(
+            tp_size=cfg.tp,
+            pp_size=cfg.pp,
+            sp_size=cfg.sp,
+            zero_stage=cfg.zero_stage,
+            enable_flash_attention=cfg.use_flash_attn,
+            enable_sequence_parallelism=cfg.enable_sequence_parallelism,
+            cpu_offload=cfg.zero_stage >= 1 and cfg.zero_cpu_offload,
+            parallel_output=False,
+            max_norm=clip,
+            precision=cfg.mixed_precision,
+            initial_scale=2**16,
+        )
+        if cfg.enable_sequence_parallelism:
+            kwargs["sequence_parallelism_mode"] = cfg.sp_mode
+        if cfg.pp > 1:
+            kwargs["microbatch_size"] = cfg.microbatch_size
+        return HybridParallelPlugin(**kwargs)
+    raise SystemExit(f"error: unknown plugin {cfg.plugin!r}")
+
+
+def layout_of(plugin, cfg: TrainConfig) -> ParallelLayout:
+    from colossalai.booster.plugin import HybridParallelPlugin
+
+    if isinstance(plugin, HybridParallelPlugin):
+        pipeline = plugin.pp_size > 1
+        last_stage = plugin.stage_manager.is_last_stage() if pipeline else True
+        tp_first = dist.get_rank(plugin.tp_group) == 0
+        sp_first = plugin.sp_group is None or dist.get_rank(plugin.sp_group) == 0
+        no_sync = plugin.zero_stage != 2 and not pipeline
+        return ParallelLayout(
+            dp_size=plugin.dp_size,
+            dp_rank=dist.get_rank(plugin.dp_group),
+            pipeline=pipeline,
+            loss_owner=last_stage and tp_first and sp_first,
+            grad_accumulation="no_sync" if no_sync else "sync",
+        )
+    no_sync = plugin.support_no_sync()
+    return ParallelLayout(
+        dp_size=dist.get_world_size(),
+        dp_rank=dist.get_rank(),
+        pipeline=False,
+        loss_owner=True,
+        grad_accumulation="no_sync" if no_sync else "sync",
+    )
+
+
+def describe_plugin(plugin) -> dict:
+    """What a plugin actually is, read back from the object: tests use it to catch silent fallbacks."""
+    # __qualname__: LowLevelZeroPlugin rewrites its class __name__ to "LowLevelZeroPlugin_ZeRO-<stage>".
+    info = {"plugin_class": type(plugin).__qualname__}
+    if hasattr(plugin, "zero_optim_kwargs"):  # LowLevelZeroPlugin
+        info.update(zero_stage=plugin.stage, cpu_offload=bool(plugin.zero_optim_kwargs.get("cpu_offload")),
+                    precision=plugin.precision)
+    if hasattr(plugin, "gemini_config"):  # GeminiPlugin
+        info.update(placement_policy=plugin.gemini_config["placement_policy"],
+                    precision=str(plugin.gemini_config["mixed_precision"]).replace("torch.", ""))
+    if hasattr(plugin, "pp_size"):  # HybridParallelPlugin
+        info.update(tp_size=plugin.tp_size, pp_size=plugin.pp_size, sp_size=plugin.sp_size, dp_size=plugin.dp_size,
+                    zero_stage=plugin.zero_stage, cpu_offload=bool(plugin.cpu_offload), precision=plugin.precision)
+    return info

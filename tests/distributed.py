@@ -1,0 +1,32 @@
+"""Run train.py for real in several processes (gloo on CPU) and read back what it logged."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = REPO / "train.py"
+
+# Small enough to train 3 steps in seconds, big enough that plugins shard for real.
+TINY = ["--model_config", "tiny", "--benchmark", "--num_samples", "16", "--max_length", "64", "--seed", "42"]
+
+
+def launch(args, log_dir: Path, nproc: int = 2, timeout: int = 600):
+    """Start train.py under torchrun and wait. Returns the CompletedProcess (stdout+stderr merged)."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(TRAIN), *map(str, args), "--tensorboard_dir", str(log_dir)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.run(cmd, cwd=log_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, timeout=timeout)
+
+
+def train(args, log_dir: Path, nproc: int = 2) -> dict:
+    """Run to completion (or fail the test with the output) and return losses and the plugin description."""
+    proc = launch(args, log_dir, nproc=nproc)
+    assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stdout[-6000:]}"
+    records = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    info = json.loads((log_dir / "run_info.json").read_text())
+    return {"losses": [r["loss"] for r in records], "records": records, "info": info, "output": proc.stdout}
+

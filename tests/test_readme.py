@@ -1,0 +1,48 @@
+"""The README's training examples run as written (placeholders like /path/to excepted)."""
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.distributed import REPO
+
+
+def readme_commands():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for command in block.replace("\\\n", " ").splitlines():
+            command = command.split("#", 1)[0].strip()
+            if command.startswith(("torchrun", "colossalai run")) and "/path/to" not in command:
+                commands.append(command)
+    return commands
+
+
+def test_readme_has_both_launchers():
+    launchers = {c.split()[0] for c in readme_commands()}
+    assert launchers == {"torchrun", "colossalai"}
+
+
+@pytest.mark.parametrize("command", readme_commands())
+def test_readme_training_example(command, tmp_path):
+    argv = shlex.split(command)
+    bindir = Path(sys.executable).parent
+    argv[0] = str(bindir / argv[0])  # the venv's torchrun / colossalai, as `make setup` installs them
+    argv[argv.index("train.py")] = str(REPO / "train.py")
+    argv += ["--tensorboard_dir", str(tmp_path / "logs")]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PATH": f"{bindir}:{os.environ['PATH']}"}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout[-5000:]
+    records = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(1, 11))
+    assert all(r["tokens_per_second"] > 0 and r["grad_norm"] > 0 for r in records)
+    info = json.loads((tmp_path / "logs" / "run_info.json").read_text())
+    assert info["world_size"] == 2
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "logs"))
