@@ -1,0 +1,1 @@
+"""Quick start: `make demo` (`python -m colossal_hammer.demo`)."""
