@@ -27,7 +27,7 @@ from .schedule import cosine_with_warmup, default_warmup_steps
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Weight decay on matrices only: norms' gains and biases (1-D tensors) are left alone."""
     decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    for p in model.parameters():
         if p.requires_grad:
             (decay if p.ndim >= 2 else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
