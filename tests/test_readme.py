@@ -13,13 +13,14 @@ import pytest
 from tests.distributed import REPO
 
 
-def readme_commands():
+def readme_commands(prefixes=("torchrun", "colossalai run")):
+    """Commands in the README's bash blocks that start with one of `prefixes` (placeholders /path/to excepted)."""
     text = (REPO / "README.md").read_text(encoding="utf-8")
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
         for command in block.replace("\\\n", " ").splitlines():
             command = command.split("#", 1)[0].strip()
-            if command.startswith(("torchrun", "colossalai run")) and "/path/to" not in command:
+            if command.startswith(prefixes) and "/path/to" not in command:
                 commands.append(command)
     return commands
 
@@ -46,3 +47,24 @@ def test_readme_training_example(command, tmp_path):
     info = json.loads((tmp_path / "logs" / "run_info.json").read_text())
     assert info["world_size"] == 2
     assert any(name.startswith("events.out.tfevents") for name in os.listdir(tmp_path / "logs"))
+
+
+def readme_prepare_commands():
+    return readme_commands(prefixes=("python prepare_",))
+
+
+@pytest.mark.parametrize("command", readme_prepare_commands())
+def test_readme_prepare_example_flags_exist(command):
+    """The data examples use placeholder paths; every flag they pass must still be accepted."""
+    from colossal_hammer.data import pretrain, sft
+
+    script = shlex.split(command)[1]
+    parser = {"prepare_pretrain_dataset.py": pretrain.build_parser, "prepare_sft_dataset.py": sft.build_parser}[script]()
+    known = {flag for action in parser._actions for flag in action.option_strings}
+    flags = [w.strip("[]") for w in shlex.split(command) if w.strip("[]").startswith("--")]
+    assert flags and set(flags) <= known, set(flags) - known
+
+
+def test_readme_lists_both_prepare_scripts():
+    assert {shlex.split(c)[1] for c in readme_prepare_commands()} == {"prepare_pretrain_dataset.py",
+                                                                      "prepare_sft_dataset.py"}

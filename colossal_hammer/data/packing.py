@@ -24,10 +24,14 @@ class PackedRow:
     num_padding: int = 0
 
     def position_ids(self) -> List[int]:
-        """Positions restarting at every document piece; padding continues the last piece's count."""
-        positions = [p for length in self.doc_lengths for p in range(length)]
-        start = self.doc_lengths[-1] if self.doc_lengths else 0
-        return positions + list(range(start, start + self.num_padding))
+        return position_ids(self.doc_lengths, len(self.input_ids))
+
+
+def position_ids(doc_lengths: List[int], width: int) -> List[int]:
+    """Positions restarting at every document piece; padding up to `width` continues the last piece's count."""
+    positions = [p for length in doc_lengths for p in range(length)]
+    start = doc_lengths[-1] if doc_lengths else 0
+    return positions + list(range(start, start + width - len(positions)))
 
 
 @dataclass

@@ -1,0 +1,138 @@
+"""Read prepared Arrow bins back: a dataset over them, a resumable bucketed sampler, and a collator.
+
+Bucket k is bin k of every category (of every dataset folder given). An epoch visits buckets in
+order and shuffles inside each with a seed, so a run early in an epoch sees every category in its
+proportion. The sampler's position is advanced explicitly by the training loop (`mark_consumed`),
+never by counting what a prefetching DataLoader has pulled, so its state is exact.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import os
+import random
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from .packing import IGNORE_INDEX, position_ids
+from .reader import InputError
+
+
+class BinnedDataset(Dataset):
+    def __init__(self, dataset_dirs: Sequence[str]):
+        from datasets import load_from_disk
+
+        self.parts = []  # (dataset, category, bin index)
+        for root in dataset_dirs:
+            manifest_path = os.path.join(root, "manifest.json")
+            if not os.path.isfile(manifest_path):
+                raise InputError(f"{root}: not a prepared dataset (no manifest.json)")
+            with open(manifest_path, encoding="utf-8") as f:
+                manifest = json.load(f)
+            for category, figures in sorted(manifest["categories"].items()):
+                for k in range(len(figures["bins"])):
+                    path = os.path.join(root, figures["dirname"], f"bin-{k:05d}")
+                    self.parts.append((load_from_disk(path), category, k))
+        self.offsets = [0]
+        for dataset, _, _ in self.parts:
+            self.offsets.append(self.offsets[-1] + len(dataset))
+        self.num_buckets = max((k for _, _, k in self.parts), default=-1) + 1
+
+    def __len__(self) -> int:
+        return self.offsets[-1]
+
+    def __getitem__(self, index: int) -> dict:
+        part = bisect.bisect_right(self.offsets, index) - 1
+        return self.parts[part][0][index - self.offsets[part]]
+
+    def bucket_ranges(self, k: int) -> List[tuple]:
+        """(category, range of global indices) for every part in bucket k."""
+        return [(cat, range(self.offsets[i], self.offsets[i + 1])) for i, (_, cat, b) in enumerate(self.parts) if b == k]
+
+
+class BucketSampler(Sampler[int]):
+    def __init__(self, dataset: BinnedDataset, num_replicas: int, rank: int, seed: int = 42,
+                 category_weights: Optional[Dict[str, float]] = None):
+        if not 0 <= rank < num_replicas:
+            raise ValueError(f"rank {rank} is not in [0, {num_replicas})")
+        self.dataset = dataset
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.seed = seed
+        self.weights = dict(category_weights or {})
+        self.epoch = 0
+        self.consumed = 0  # samples consumed in this epoch, over all replicas
+
+    def global_order(self, epoch: int) -> List[int]:
+        """The epoch's sample order, the same on every rank and for every number of replicas."""
+        order = []
+        for k in range(self.dataset.num_buckets):
+            rng = random.Random(f"{self.seed}:{epoch}:{k}")
+            bucket = []
+            for category, indices in self.dataset.bucket_ranges(k):
+                weight = self.weights.get(category, 1.0)
+                whole, fraction = int(weight), weight - int(weight)
+                bucket.extend(list(indices) * whole)
+                if fraction > 0:
+                    bucket.extend(rng.sample(list(indices), round(fraction * len(indices))))
+            rng.shuffle(bucket)
+            order.extend(bucket)
+        return order
+
+    def _remaining(self) -> List[int]:
+        order = self.global_order(self.epoch)[self.consumed:]
+        return order[: len(order) // self.num_replicas * self.num_replicas]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._remaining()[self.rank :: self.num_replicas])
+
+    def __len__(self) -> int:
+        return len(self._remaining()) // self.num_replicas
+
+    def set_epoch(self, epoch: int) -> None:
+        if epoch != self.epoch:
+            self.epoch, self.consumed = epoch, 0
+
+    def mark_consumed(self, samples_per_rank: int) -> None:
+        """Called by the loop after each micro-batch it trained on."""
+        self.consumed += samples_per_rank * self.num_replicas
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "consumed": self.consumed, "seed": self.seed, "weights": self.weights,
+                "num_replicas": self.num_replicas}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["seed"] != self.seed or state.get("weights", {}) != self.weights:
+            raise ValueError(f"sampler state was saved with seed {state['seed']} and weights {state.get('weights')}; "
+                             f"this run has seed {self.seed} and weights {self.weights}")
+        # `consumed` counts samples over all replicas and the order does not depend on the replica count,
+        # so a different data-parallel size re-splits exactly what is left.
+        self.epoch, self.consumed = state["epoch"], state["consumed"]
+
+
+class PackedCollator:
+    """Rows → tensors. Attention mask from each row's real length (never from `input_ids != pad`,
+    which would mask every EOS when pad = EOS); position ids restart at each document piece."""
+
+    def __init__(self, pad_id: int, max_length: Optional[int] = None):
+        self.pad_id = pad_id
+        self.max_length = max_length  # pad to this instead of the longest row
+
+    def __call__(self, rows: List[dict]) -> Dict[str, torch.Tensor]:
+        width = self.max_length or max(len(r["input_ids"]) for r in rows)
+        batch = {k: torch.full((len(rows), width), v, dtype=torch.long)
+                 for k, v in (("input_ids", self.pad_id), ("labels", IGNORE_INDEX), ("attention_mask", 0),
+                              ("position_ids", 0))}
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            if n > width:
+                raise ValueError(f"row of {n} tokens is longer than max_length {width}")
+            real = n - r["num_padding"]
+            batch["input_ids"][i, :n] = torch.tensor(r["input_ids"])
+            batch["labels"][i, :n] = torch.tensor(r["labels"])
+            batch["attention_mask"][i, :real] = 1
+            batch["position_ids"][i] = torch.tensor(position_ids(r["doc_lengths"], width))
+        return batch

@@ -1,0 +1,210 @@
+"""The preparation pipeline shared by pretraining and SFT data: jsonl lines → documents → rows → bins.
+
+Lines are read in a fixed file order and handed in batches to worker processes, whose results come
+back in submission order (at most a few batches in flight, so memory stays flat); the main process
+alone packs and writes, which makes the output independent of the number of workers. Everything is
+written to OUT.tmp-<pid> and renamed to OUT only when complete.
+"""
+
+from __future__ import annotations
+
+import argparse
+import multiprocessing
+import os
+import shutil
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Callable, Dict, Iterator, List, Optional
+
+from .bins import CategoryBins, content_hash
+from .manifest import Manifest
+from .packing import Packer, PackedRow
+from .reader import InputError, iter_lines, list_input_files
+from .records import BLANK
+
+
+@dataclass
+class PrepareConfig:
+    data_input_dirs: str
+    tokenizer_dir: str
+    data_output_dirs: str
+    max_length: int = 4096
+    num_spliced_dataset_bins: int = 10
+    num_workers: int = 1
+    seed: int = 42
+    on_error: str = "fail"
+    overwrite: bool = False
+    pack: bool = True
+    batch_lines: int = 512
+
+    def input_dirs(self) -> List[str]:
+        return [d for d in self.data_input_dirs.split(",") if d]
+
+    def settings(self) -> dict:
+        """What determines the output (recorded in the manifest); not worker counts or output paths."""
+        keep = ("max_length", "num_spliced_dataset_bins", "seed", "on_error", "pack")
+        return {k: v for k, v in asdict(self).items() if k in keep}
+
+
+def build_parser(description: str) -> argparse.ArgumentParser:
+    """The flags both preparation scripts share (Colossal-LLaMA's names)."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = parser.add_argument
+    a("--data_input_dirs", required=True, help="Comma-separated folders of *.jsonl, *.jsonl.gz, *.jsonl.zst files.")
+    a("--tokenizer_dir", required=True, help="HF tokenizer folder.")
+    a("--data_output_dirs", required=True, help="Output folder (must not exist unless --overwrite).")
+    a("--max_length", type=int, default=4096, help="Tokens per row.")
+    a("--num_spliced_dataset_bins", type=int, default=10, help="Bins per category (bucket k = bin k of every category).")
+    a("--num_workers", type=int, default=max(1, (os.cpu_count() or 1)), help="Tokenizer processes.")
+    a("--seed", type=int, default=42, help="Seed of the row-to-bin assignment.")
+    a("--on_error", choices=("fail", "skip"), default="fail",
+      help="On a bad line: stop with an error naming file and line, or skip it and count it in the manifest.")
+    a("--overwrite", action="store_true", help="Replace an existing output folder (only once the new one is complete).")
+    return parser
+
+
+# ---- worker side -----------------------------------------------------------------------------------
+_WORKER = None
+
+
+def _init_worker(factory, tokenizer_dir):
+    global _WORKER
+    _WORKER = factory(tokenizer_dir)
+
+
+def _run_worker(batch):
+    return _WORKER(batch)
+
+
+def _ordered_results(batches, factory, tokenizer_dir, num_workers: int) -> Iterator[list]:
+    if num_workers <= 1:
+        worker = factory(tokenizer_dir)
+        for batch in batches:
+            yield worker(batch)
+        return
+    ctx = multiprocessing.get_context("fork")
+    with ctx.Pool(num_workers, initializer=_init_worker, initargs=(factory, tokenizer_dir)) as pool:
+        pending = deque()
+        for batch in batches:
+            pending.append(pool.apply_async(_run_worker, (batch,)))
+            if len(pending) >= 2 * num_workers:
+                yield pending.popleft().get()
+        while pending:
+            yield pending.popleft().get()
+
+
+def _batches(files, size: int) -> Iterator[list]:
+    batch = []
+    for file_index, f in enumerate(files):
+        for line_no, raw in iter_lines(f.path):
+            batch.append((file_index, line_no, raw))
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
+
+
+# ---- main side -------------------------------------------------------------------------------------
+class _Category:
+    def __init__(self, name, cfg: PrepareConfig, out_dir: str, pad_id: int):
+        self.bins = CategoryBins(out_dir, name, cfg.num_spliced_dataset_bins, cfg.seed)
+        self.packer = Packer(cfg.max_length, pad_id) if cfg.pack else None
+        self.rows = self.padding = self.tokens_out = 0
+
+    def add(self, ids, labels) -> None:
+        rows = self.packer.add(ids, labels) if self.packer else [PackedRow(ids, labels, [len(ids)], 0)]
+        for row in rows:
+            self._write(row)
+
+    def finish(self) -> dict:
+        if self.packer:
+            last = self.packer.flush()
+            if last is not None:
+                self._write(last)
+        self.bins.seal()
+        return {"rows": self.rows, "tokens_out": self.tokens_out, "padding": self.padding, "bins": list(self.bins.rows_per_bin),
+                "chunked_documents": self.packer.stats.chunked_documents if self.packer else 0,
+                "dirname": os.path.basename(self.bins.dir)}
+
+    def _write(self, row: PackedRow) -> None:
+        self.bins.add(row)
+        self.rows += 1
+        self.padding += row.num_padding
+        self.tokens_out += len(row.input_ids) - row.num_padding
+
+
+def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable, pad_id: int) -> dict:
+    """Run the pipeline; returns the manifest dict. Raises InputError on user mistakes."""
+    import datasets
+    from tqdm import tqdm
+
+    if cfg.max_length < 2:
+        raise InputError(f"--max_length must be >= 2 (got {cfg.max_length})")
+    if cfg.num_spliced_dataset_bins < 1:
+        raise InputError("--num_spliced_dataset_bins must be >= 1")
+    out_dir = cfg.data_output_dirs.rstrip("/")
+    if os.path.exists(out_dir) and not cfg.overwrite:
+        raise InputError(f"{out_dir}: output folder exists; remove it or pass --overwrite")
+    files = list_input_files(cfg.input_dirs())
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    datasets.disable_progress_bars()
+
+    tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    manifest = Manifest(kind, cfg.settings())
+    categories: Dict[str, _Category] = {}
+    start = time.perf_counter()
+    tokens = 0
+    bar = tqdm(desc=f"prepare {kind}", unit="doc", disable=None, file=sys.stderr)
+    try:
+        for results in _ordered_results(_batches(files, cfg.batch_lines), worker_factory, cfg.tokenizer_dir,
+                                        cfg.num_workers):
+            for kind_, file_index, line_no, *rest in results:
+                name = files[file_index].name
+                manifest.line(name)
+                if kind_ == "skip":
+                    reason, detail = rest
+                    if reason != BLANK and cfg.on_error == "fail":
+                        raise InputError(f"{name}:{line_no}: {detail}")
+                    manifest.skipped(name, reason)
+                    continue
+                category, ids, labels, target_tokens = rest
+                if category not in categories:
+                    categories[category] = _Category(category, cfg, tmp_dir, pad_id)
+                categories[category].add(ids, labels)
+                manifest.document(name, category, len(ids), target_tokens)
+                tokens += len(ids)
+            bar.update(sum(1 for r in results if r[0] == "doc"))
+            bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - start):,.0f}")
+        bar.close()
+        if not categories:
+            raise InputError(f"{cfg.data_input_dirs}: no document survived (see skipped lines with --on_error skip)")
+        for name in sorted(categories):
+            manifest.category(name, **categories[name].finish())
+        data = manifest.write(os.path.join(tmp_dir, "manifest.json"), content_hash(tmp_dir))
+    except BaseException:
+        bar.close()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+        raise
+    if os.path.exists(out_dir):
+        shutil.rmtree(out_dir)
+    os.rename(tmp_dir, out_dir)
+    elapsed = time.perf_counter() - start
+    totals = data["totals"]
+    print(f"{kind}: {totals.get('documents', 0):,} documents, {totals.get('tokens_in', 0):,} tokens -> "
+          f"{totals.get('rows', 0):,} rows ({totals.get('padding', 0):,} padding), "
+          f"{totals.get('skipped', 0):,} lines skipped, {elapsed:.1f}s, "
+          f"{totals.get('tokens_in', 0) / max(elapsed, 1e-9):,.0f} tokens/s -> {out_dir}", file=sys.stderr)
+    return data
+
+
+def main_with_errors(fn) -> None:
+    """Run a CLI body; a user mistake is one `error:` line on stderr and exit status 2, no traceback."""
+    try:
+        fn()
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
