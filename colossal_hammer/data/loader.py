@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from .packing import IGNORE_INDEX, position_ids
-from .reader import InputError
+from ..errors import InputError
 
 
 class BinnedDataset(Dataset):

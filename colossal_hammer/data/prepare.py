@@ -21,7 +21,8 @@ from typing import Callable, Dict, Iterator, List, Optional
 from .bins import CategoryBins, content_hash
 from .manifest import Manifest
 from .packing import Packer, PackedRow
-from .reader import InputError, iter_lines, list_input_files
+from ..errors import InputError
+from .reader import iter_lines, list_input_files
 from .records import BLANK
 
 
@@ -199,12 +200,3 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable, pad_id:
           f"{totals.get('skipped', 0):,} lines skipped, {elapsed:.1f}s, "
           f"{totals.get('tokens_in', 0) / max(elapsed, 1e-9):,.0f} tokens/s -> {out_dir}", file=sys.stderr)
     return data
-
-
-def main_with_errors(fn) -> None:
-    """Run a CLI body; a user mistake is one `error:` line on stderr and exit status 2, no traceback."""
-    try:
-        fn()
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None

@@ -7,7 +7,8 @@ from typing import List, Optional
 
 from .packing import IGNORE_INDEX
 from . import prepare
-from .prepare import PrepareConfig, main_with_errors, run_prepare
+from ..errors import main_with_errors
+from .prepare import PrepareConfig, run_prepare
 from .records import RecordProblem, pretrain_fields
 from .tokenize import PartTokenizer, pad_id
 

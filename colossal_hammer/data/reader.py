@@ -8,11 +8,9 @@ import os
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence
 
+from ..errors import InputError
+
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
-
-
-class InputError(Exception):
-    """A user mistake: the message is one line naming file, line and field."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from typing import List, Optional, Tuple
 
 from .packing import IGNORE_INDEX
 from . import prepare
-from .prepare import PrepareConfig, main_with_errors, run_prepare
+from ..errors import main_with_errors
+from .prepare import PrepareConfig, run_prepare
 from .records import BAD_MESSAGES, EMPTY_TEXT, TOO_LONG, RecordProblem, load_object, string_field
 from .tokenize import PartTokenizer, pad_id
 

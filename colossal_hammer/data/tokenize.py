@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import List, Sequence, Tuple
 
 from .packing import IGNORE_INDEX
-from .reader import InputError
+from ..errors import InputError
 
 
 def load_tokenizer(tokenizer_dir: str, **kwargs):

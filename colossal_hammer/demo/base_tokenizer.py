@@ -8,7 +8,6 @@ byte fallback and split digits, `<unk>`/`<s>`/`</s>` at ids 0/1/2 as in Llama-2,
 from __future__ import annotations
 
 import io
-import os
 from typing import Iterable
 
 import sentencepiece as spm
@@ -38,20 +37,12 @@ def train_sentencepiece(texts: Iterable[str], vocab_size: int, character_coverag
     return model.getvalue()
 
 
-def save_llama_tokenizer(model_proto: bytes, out_dir: str):
-    """Write tokenizer.model plus the fast tokenizer files; returns the fast tokenizer."""
-    from transformers import LlamaTokenizer, LlamaTokenizerFast
-
-    os.makedirs(out_dir, exist_ok=True)
-    model_file = os.path.join(out_dir, "tokenizer.model")
-    with open(model_file, "wb") as f:
-        f.write(model_proto)
-    slow = LlamaTokenizer(vocab_file=model_file, legacy=False, add_bos_token=True, add_eos_token=False)
-    slow.save_pretrained(out_dir)
-    fast = LlamaTokenizerFast.from_pretrained(out_dir, legacy=False, from_slow=True)
-    fast.save_pretrained(out_dir)
-    return fast
-
-
 def build_base_tokenizer(texts: Iterable[str], out_dir: str, vocab_size: int = 2000):
-    return save_llama_tokenizer(train_sentencepiece(texts, vocab_size), out_dir)
+    """Train and save as an HF folder; returns the fast tokenizer."""
+    from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+    from ..tokenizer.sentencepiece_io import save_hf_tokenizer
+
+    proto = sp_pb2.ModelProto()
+    proto.ParseFromString(train_sentencepiece(texts, vocab_size))
+    return save_hf_tokenizer(proto, out_dir)
