@@ -1,0 +1,1 @@
+"""Tokenizer extension, HammerLLM-style merge, coverage/compression analysis."""

@@ -1,0 +1,107 @@
+"""Extend a tokenizer with new pieces (SentencePiece, Llama-2 style) or tokens (BPE, Llama-3 style).
+
+    python -m colossal_hammer.tokenizer.extend --source_tokenizer_dir S --target_tokenizer_dir T \
+        --expand_tokens_file new.jsonl          # rows {"piece": "..."}
+
+SentencePiece: pieces are appended to the model proto in file order, duplicates and pieces already in
+the vocabulary skipped (one pass with a set). In a SentencePiece BPE model a piece's score is its
+merge priority; appending with score 0 (as the reference does) would put new pieces ahead of every
+base merge and change how existing text is cut. New pieces therefore score below the lowest base
+score, keeping their file order, unless `--new_piece_score` asks otherwise. A new piece longer than
+one character is only produced if the model can reach it by merging pieces it has.
+
+BPE / fast tokenizers without a SentencePiece model get the pieces as added tokens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Iterable, List, Optional
+
+from ..errors import InputError, main_with_errors
+from .sentencepiece_io import NORMAL, find_model_file, load_proto, save_hf_tokenizer
+
+
+def read_pieces(path: str) -> List[str]:
+    pieces = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{number}: malformed JSON: {e.msg}") from None
+            piece = row.get("piece") if isinstance(row, dict) else None
+            if not isinstance(piece, str) or not piece:
+                raise InputError(f"{path}:{number}: field 'piece' must be a non-empty string")
+            pieces.append(piece)
+    return pieces
+
+
+def new_unique(pieces: Iterable[str], existing: Iterable[str]) -> List[str]:
+    """Pieces not in `existing`, first occurrence kept, order kept: O(n)."""
+    seen = set(existing)
+    out = []
+    for piece in pieces:
+        if piece not in seen:
+            seen.add(piece)
+            out.append(piece)
+    return out
+
+
+def extend_proto(proto, pieces: Iterable[str], score: Optional[float] = None) -> List[str]:
+    """Append pieces to a SentencePiece ModelProto in place; returns those actually added."""
+    added = new_unique(pieces, (p.piece for p in proto.pieces))
+    floor = min(p.score for p in proto.pieces if p.type == NORMAL) if score is None else None
+    for i, piece in enumerate(added):
+        entry = proto.pieces.add()
+        entry.piece = piece
+        entry.score = score if score is not None else floor - 1.0 - i
+        entry.type = NORMAL
+    return added
+
+
+def extend_tokenizer(source_dir: str, target_dir: str, pieces: List[str], score: Optional[float] = None) -> dict:
+    if find_model_file(source_dir):
+        proto = load_proto(source_dir)
+        before = len(proto.pieces)
+        added = extend_proto(proto, pieces, score)
+        tokenizer = save_hf_tokenizer(proto, target_dir, template_dir=source_dir)
+        kind = "sentencepiece"
+    else:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(source_dir)
+        before = len(tokenizer)
+        added = new_unique(pieces, tokenizer.get_vocab())
+        tokenizer.add_tokens(added)
+        tokenizer.save_pretrained(target_dir)
+        kind = "added_tokens"
+    return {"kind": kind, "vocab_before": before, "vocab_after": len(tokenizer), "requested": len(pieces),
+            "added": len(added), "skipped": len(pieces) - len(added)}
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source_tokenizer_dir", required=True)
+    p.add_argument("--target_tokenizer_dir", required=True)
+    p.add_argument("--expand_tokens_file", required=True, help='jsonl with rows {"piece": "..."}')
+    p.add_argument("--new_piece_score", type=float, default=None,
+                   help="Score of every new SentencePiece piece (default: below the lowest base score, in file order)")
+    args = p.parse_args(argv)
+    result = {}
+
+    def body():
+        result.update(extend_tokenizer(args.source_tokenizer_dir, args.target_tokenizer_dir,
+                                       read_pieces(args.expand_tokens_file), args.new_piece_score))
+        print(json.dumps(result))
+
+    main_with_errors(body)
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,57 @@
+"""Read and write SentencePiece model protos, and save them as HF tokenizer folders (slow and fast)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from typing import Optional
+
+from sentencepiece import sentencepiece_model_pb2 as sp_pb2
+
+NORMAL = sp_pb2.ModelProto.SentencePiece.NORMAL
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def find_model_file(path: str) -> Optional[str]:
+    """`path` itself if it is a .model file, else `path/tokenizer.model` if present."""
+    if os.path.isfile(path):
+        return path
+    candidate = os.path.join(path, "tokenizer.model")
+    return candidate if os.path.isfile(candidate) else None
+
+
+def load_proto(path: str) -> sp_pb2.ModelProto:
+    model_file = find_model_file(path)
+    if model_file is None:
+        raise FileNotFoundError(f"{path}: no SentencePiece tokenizer.model")
+    proto = sp_pb2.ModelProto()
+    with open(model_file, "rb") as f:
+        proto.ParseFromString(f.read())
+    return proto
+
+
+def save_hf_tokenizer(proto: sp_pb2.ModelProto, out_dir: str, template_dir: Optional[str] = None):
+    """Write tokenizer.model and let transformers write the rest, so that
+    `AutoTokenizer.from_pretrained(out_dir)` loads both slow and fast. Settings (special tokens, chat
+    template, add_bos/eos) come from `template_dir`'s config when given. Returns the fast tokenizer."""
+    from transformers import AutoTokenizer, LlamaTokenizer
+
+    os.makedirs(out_dir, exist_ok=True)
+    if template_dir and os.path.isdir(template_dir) and os.path.abspath(template_dir) != os.path.abspath(out_dir):
+        for name in TOKENIZER_FILES[2:]:
+            if os.path.isfile(os.path.join(template_dir, name)):
+                shutil.copy(os.path.join(template_dir, name), os.path.join(out_dir, name))
+    stale = os.path.join(out_dir, "tokenizer.json")
+    if os.path.exists(stale):
+        os.remove(stale)  # rebuilt below from the new model
+    with open(os.path.join(out_dir, "tokenizer.model"), "wb") as f:
+        f.write(proto.SerializeToString())
+    if os.path.isfile(os.path.join(out_dir, "tokenizer_config.json")):
+        slow = AutoTokenizer.from_pretrained(out_dir, use_fast=False)
+    else:
+        slow = LlamaTokenizer(vocab_file=os.path.join(out_dir, "tokenizer.model"), legacy=False)
+    slow.save_pretrained(out_dir)
+    fast = AutoTokenizer.from_pretrained(out_dir, use_fast=True, from_slow=True)
+    fast.save_pretrained(out_dir)
+    return fast
