@@ -1,0 +1,22 @@
+import pytest
+
+from colossal_hammer.demo import base_tokenizer, texts
+
+
+def held_out_chinese():
+    return [s for sentences in texts.chinese_news().values() for s in sentences[-50:]]
+
+
+def chinese_training_text():
+    return [s for sentences in texts.chinese_news().values() for s in sentences[:-50]] + texts.chinese_reviews()[:3000]
+
+
+@pytest.fixture(scope="session")
+def english_base(tmp_path_factory):
+    """An English-centric base like Llama-2's: English text plus a sprinkle of Chinese (150 sentences),
+    so that it knows a few hundred common characters, as Llama-2 does (605 of level 1), and calibration
+    has characters to compare."""
+    out = tmp_path_factory.mktemp("base")
+    sprinkle = [s for sentences in texts.chinese_news().values() for s in sentences[:15]]
+    base_tokenizer.build_base_tokenizer(texts.english_paragraphs() + sprinkle, str(out), vocab_size=2000)
+    return str(out)
