@@ -60,7 +60,7 @@ def mean_rows(weight: torch.Tensor, groups: Dict[int, List[int]], fallback: torc
             vals.append(1.0 / len(ids))
     matrix = torch.sparse_coo_tensor(torch.tensor([rows, cols], dtype=torch.long).reshape(2, -1),
                                      torch.tensor(vals, dtype=torch.float32), (len(order), weight.shape[0]),
-                                     device=weight.device)
+                                     device=weight.device, check_invariants=True)
     out = torch.sparse.mm(matrix, weight.float())
     empty = torch.tensor([not groups[new] for new in order], device=weight.device)
     out[empty] = fallback.float()
