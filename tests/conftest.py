@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from colossal_hammer.demo import base_tokenizer, texts
@@ -20,3 +22,25 @@ def english_base(tmp_path_factory):
     sprinkle = [s for sentences in texts.chinese_news().values() for s in sentences[:15]]
     base_tokenizer.build_base_tokenizer(texts.english_paragraphs() + sprinkle, str(out), vocab_size=2000)
     return str(out)
+
+
+# Repeated so that BPE learns a piece spanning "人工|智能": the boundary case must be able to go wrong.
+BOUNDARY_PHRASE = "问：什么是人工智能技术"
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory):
+    """A Llama-style SentencePiece tokenizer trained on English and Chinese text that packages ship."""
+    out = tmp_path_factory.mktemp("tokenizer")
+    news = [s for sentences in texts.chinese_news().values() for s in sentences[:200]]
+    base_tokenizer.build_base_tokenizer(texts.english_paragraphs() + news + [BOUNDARY_PHRASE] * 2000, str(out),
+                                        vocab_size=3000)
+    return str(out)
+
+
+def write_jsonl(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        for row in rows:
+            f.write((row if isinstance(row, str) else json.dumps(row, ensure_ascii=False)) + "\n")
+    return path

@@ -26,12 +26,14 @@ class BinnedDataset(Dataset):
         from datasets import load_from_disk
 
         self.parts = []  # (dataset, category, bin index)
+        self.pad_id = 0
         for root in dataset_dirs:
             manifest_path = os.path.join(root, "manifest.json")
             if not os.path.isfile(manifest_path):
                 raise InputError(f"{root}: not a prepared dataset (no manifest.json)")
             with open(manifest_path, encoding="utf-8") as f:
                 manifest = json.load(f)
+            self.pad_id = manifest["settings"].get("pad_id", self.pad_id)
             for category, figures in sorted(manifest["categories"].items()):
                 for k in range(len(figures["bins"])):
                     path = os.path.join(root, figures["dirname"], f"bin-{k:05d}")

@@ -155,7 +155,7 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable, pad_id:
 
     tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
     shutil.rmtree(tmp_dir, ignore_errors=True)
-    manifest = Manifest(kind, cfg.settings())
+    manifest = Manifest(kind, {**cfg.settings(), "pad_id": pad_id})
     categories: Dict[str, _Category] = {}
     start = time.perf_counter()
     tokens = 0

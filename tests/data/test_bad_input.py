@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from tests.data.conftest import write_jsonl
+from tests.conftest import write_jsonl
 from tests.distributed import REPO
 
 GOOD = {"target": "正常的一行。", "category": "c"}

@@ -6,7 +6,7 @@ import torch
 from colossal_hammer.data.loader import BinnedDataset, BucketSampler, PackedCollator
 from colossal_hammer.data.pretrain import main as prepare
 from colossal_hammer.demo import texts
-from tests.data.conftest import write_jsonl
+from tests.conftest import write_jsonl
 
 
 @pytest.fixture(scope="module")

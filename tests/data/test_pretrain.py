@@ -11,7 +11,7 @@ from transformers import AutoTokenizer
 
 from colossal_hammer.data.pretrain import main as prepare
 from colossal_hammer.demo import texts
-from tests.data.conftest import write_jsonl
+from tests.conftest import write_jsonl
 
 IGNORE = -100
 

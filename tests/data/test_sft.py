@@ -6,7 +6,7 @@ from datasets import load_from_disk
 from transformers import AutoTokenizer
 
 from colossal_hammer.data.sft import main as prepare
-from tests.data.conftest import write_jsonl
+from tests.conftest import write_jsonl
 
 IGNORE = -100
 CONVERSATION = {
