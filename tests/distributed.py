@@ -13,18 +13,21 @@ TRAIN = REPO / "train.py"
 TINY = ["--model_config", "tiny", "--benchmark", "--num_samples", "16", "--max_length", "64", "--seed", "42"]
 
 
-def launch(args, log_dir: Path, nproc: int = 2, timeout: int = 600):
-    """Start train.py under torchrun and wait. Returns the CompletedProcess (stdout+stderr merged)."""
+def launch(args, log_dir: Path, nproc: int = 2, timeout: int = 600, env: dict = None):
+    """Start train.py under torchrun and wait. Returns the CompletedProcess (stdout+stderr merged).
+
+    In a session of its own: injected faults SIGKILL their whole process group, which must not be ours."""
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
            str(TRAIN), *map(str, args), "--tensorboard_dir", str(log_dir)]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
+    log_dir.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.run(cmd, cwd=log_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout)
+                          text=True, timeout=timeout, start_new_session=True)
 
 
-def train(args, log_dir: Path, nproc: int = 2) -> dict:
+def train(args, log_dir: Path, nproc: int = 2, env: dict = None) -> dict:
     """Run to completion (or fail the test with the output) and return losses and the plugin description."""
-    proc = launch(args, log_dir, nproc=nproc)
+    proc = launch(args, log_dir, nproc=nproc, env=env)
     assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stdout[-6000:]}"
     records = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
     info = json.loads((log_dir / "run_info.json").read_text())

@@ -27,10 +27,18 @@ class TrainConfig:
     model_config: Optional[str] = _f(
         None, "Random-init model instead of --pretrained: 'tiny', 'small', or a path to a LlamaConfig JSON."
     )
+    load_weights_only: Optional[str] = _f(
+        None, "Start a new stage from these weights (a checkpoint step-N folder or an HF folder), with a fresh "
+              "optimizer, schedule and step 0.")
+    freeze_non_embeds_params: bool = _f(False, "Train only the input embeddings and lm_head (vocabulary stage 1).")
     # ---- data ----
+    dataset: Optional[List[str]] = _f(None, "Prepared dataset folders (prepare_*_dataset.py output); several allowed.")
+    category_weights: Optional[str] = _f(None, "Sampling weights per category, e.g. 'english=0.5,体育=2'.")
     benchmark: bool = _f(False, "Train on random tokens (no dataset needed): for rehearsal and throughput figures.")
     num_samples: int = _f(500, "Number of random samples with --benchmark.")
-    max_length: int = _f(8192, "Sequence length (tokens per sample).")
+    max_length: int = _f(8192, "Sequence length: of random samples; longer dataset rows are refused.")
+    padding_mode: str = _f("longest", "Pad unpacked (SFT) rows to the batch's longest row or to --max_length.",
+                           choices=("longest", "max_length"))
     # ---- parallelism ----
     plugin: str = _f("gemini", "Booster plugin.", choices=PLUGINS)
     tp: int = _f(1, "Tensor-parallel size (plugin 3d).")
@@ -59,20 +67,41 @@ class TrainConfig:
     max_steps: Optional[int] = _f(None, "Stop after this many optimizer steps (the schedule still spans all epochs).")
     use_grad_checkpoint: bool = _f(False, "Recompute activations in backward to save memory.")
     use_flash_attn: bool = _f(False, "Use flash attention where the plugin and model support it (GPU only).")
+    use_neft: bool = _f(False, "NEFTune: uniform noise on input embeddings while training.")
+    neft_alpha: float = _f(5.0, "NEFTune alpha; noise scale alpha/sqrt(L*d) with L each sample's real length.")
     seed: int = _f(42, "Seed for model init, data order and every RNG.")
+    max_bad_steps: int = _f(5, "Skip steps whose loss is NaN/inf; stop (with a checkpoint) after this many in a row.")
+    peak_tflops: Optional[float] = _f(None, "Peak TFLOPS of one device for MFU (default: the GPU's known peak; none on CPU).")
+    # ---- checkpoints ----
+    save_dir: str = _f("checkpoint_dir", "Checkpoints go to SAVE_DIR/step-N/.")
+    save_interval: int = _f(1000, "Save every N optimizer steps (0: only at the end).")
+    keep_last: int = _f(0, "Keep only the newest K checkpoints (0 keeps all).")
+    load_checkpoint: Optional[str] = _f(None, "Resume the full state (model, optimizer, schedule, data position, RNG) from a step-N folder.")
+    resume: Optional[str] = _f(None, "'auto': resume from the newest complete checkpoint in --save_dir, if any.",
+                               choices=("auto",))
     # ---- output ----
     tensorboard_dir: str = _f("logs_dir", "TensorBoard logs; metrics.jsonl and config.json are written here too.")
-    log_interval: int = _f(1, "Log every N optimizer steps.")
 
-    @property
-    def metrics_path(self) -> str:
-        return f"{self.tensorboard_dir}/metrics.jsonl"
+    def weights_by_category(self) -> dict:
+        weights = {}
+        for item in filter(None, (self.category_weights or "").split(",")):
+            name, _, value = item.rpartition("=")
+            try:
+                weights[name] = float(value)
+            except ValueError:
+                raise SystemExit(f"error: --category_weights: {item!r} is not NAME=NUMBER") from None
+        return weights
 
     def validate(self) -> None:
-        if (self.pretrained is None) == (self.model_config is None):
-            raise SystemExit("error: give exactly one of --pretrained DIR or --model_config tiny|small|<json>")
-        if not self.benchmark:
-            raise SystemExit("error: no dataset given; pass --benchmark to train on random tokens")
+        if sum(x is not None for x in (self.pretrained, self.model_config, self.load_weights_only)) != 1:
+            raise SystemExit("error: give exactly one of --pretrained DIR, --model_config tiny|small|<json> "
+                             "or --load_weights_only DIR")
+        if bool(self.benchmark) == bool(self.dataset):
+            raise SystemExit("error: give --dataset DIR [DIR ...] or --benchmark (random tokens), not both")
+        if self.load_checkpoint and self.resume:
+            raise SystemExit("error: --load_checkpoint and --resume auto are alternatives; give one")
+        if self.load_weights_only and self.load_checkpoint:
+            raise SystemExit("error: --load_weights_only starts a new stage; --load_checkpoint resumes one: give one")
         if self.plugin != "3d" and (self.tp, self.pp, self.sp, self.zero_stage) != (1, 1, 1, 0):
             raise SystemExit(f"error: --tp/--pp/--sp/--zero_stage need --plugin 3d (got --plugin {self.plugin})")
         if self.plugin.startswith("gemini") and self.mixed_precision == "fp32":
@@ -94,6 +123,9 @@ def build_parser(cls=TrainConfig, description: str = "") -> argparse.ArgumentPar
         flag = f"--{f.name}"
         if f.type == "bool":
             parser.add_argument(flag, action="store_true", default=f.default, help=meta["help"])
+            continue
+        if f.type == "Optional[List[str]]":
+            parser.add_argument(flag, nargs="+", default=f.default, help=meta["help"])
             continue
         kind = {"int": int, "float": float, "str": str}[f.type.removeprefix("Optional[").rstrip("]")]
         parser.add_argument(flag, type=kind, default=f.default, help=meta["help"], choices=meta.get("choices"))

@@ -3,11 +3,14 @@
 Plugins differ in three places only, all decided once in `plugins.layout_of`: how a step runs
 (plain forward/backward, or `execute_pipeline` under pipeline parallelism), which ranks hold a loss
 that counts towards the data-parallel mean, and whether micro-steps may skip the gradient all-reduce.
+A run's position is (epoch, step, sampler state, RNG); a checkpoint holds all of it, so a resumed run
+continues exactly where the saved one stood.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from contextlib import nullcontext
@@ -16,31 +19,16 @@ import torch
 import torch.distributed as dist
 
 from .. import compat
-from ..data.random_data import RandomTokenDataset
-from ..model.build import DTYPES, build_model
+from ..model.build import DTYPES
+from ..model.neftune import NEFTune
+from . import faults
+from .checkpoint import Checkpointer, latest_checkpoint
+from .components import (attention_implementation, make_data, make_model, make_optimizer, tokenizer_folder,
+                         weights_source)
 from .config import TrainConfig
-from .metrics import MetricsLogger
+from .metrics import MetricsLogger, flops_per_token, peak_tflops
 from .plugins import build_plugin, describe_plugin, layout_of
 from .schedule import cosine_with_warmup, default_warmup_steps
-
-
-def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
-    """Weight decay on matrices only: norms' gains and biases (1-D tensors) are left alone."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return [g for g in groups if g["params"]]
-
-
-def build_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
-    from colossalai.nn.optimizer import HybridAdam
-
-    return HybridAdam(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay, adamw_mode=True)
 
 
 class Trainer:
@@ -61,6 +49,9 @@ class Trainer:
         is_ddp = isinstance(self.plugin, TorchDDPPlugin)
         if is_ddp and cfg.mixed_precision == "fp16" and self.device.type == "cpu":
             raise SystemExit("error: --plugin ddp with fp16 needs a GPU (torch AMP loss scaling); use bf16 or fp32")
+        if cfg.use_flash_attn and attention_implementation(cfg) != "flash_attention_2" and self.rank == 0:
+            print("warning: --use_flash_attn needs a GPU and the flash-attn package (pip install .[gpu]); using "
+                  "SDPA: packed rows keep per-document position ids, but attention crosses documents", flush=True)
         # DDP keeps fp32 parameters; bf16 there means autocast compute over fp32 master weights.
         # fp16 goes through the Booster's torch-AMP (with loss scaling). Other plugins own precision.
         self.autocast_dtype = DTYPES[cfg.mixed_precision] if is_ddp and cfg.mixed_precision == "bf16" else None
@@ -71,49 +62,78 @@ class Trainer:
 
         lazy = LazyInitContext(default_device=self.device) if isinstance(
             self.plugin, (GeminiPlugin, HybridParallelPlugin)) else None
-        dtype = torch.float32 if is_ddp else DTYPES[cfg.mixed_precision]
-        model = build_model(cfg.pretrained, cfg.model_config, cfg.seed, dtype=dtype, lazy_ctx=lazy)
-        if cfg.use_grad_checkpoint:
-            model.gradient_checkpointing_enable()
-        model.train()
+        model = make_model(cfg, torch.float32 if is_ddp else DTYPES[cfg.mixed_precision], lazy)
         self.num_params = sum(p.numel() for p in model.parameters())
+        self.flops_per_token = flops_per_token(model.config, self.num_params, cfg.max_length)
+        self.peak_tflops = peak_tflops(cfg.peak_tflops, self.device)
 
-        dataset = RandomTokenDataset(cfg.num_samples, cfg.max_length, model.config.vocab_size, seed=cfg.seed)
-        dataloader = self.plugin.prepare_dataloader(
-            dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, seed=cfg.seed
-        )
-        self.steps_per_epoch = len(dataloader) // cfg.accumulation_steps
+        self.dataset, self.sampler, self.dataloader = make_data(
+            cfg, model.config.vocab_size, self.layout.dp_size, self.layout.dp_rank)
+        samples_per_rank = len(self.sampler.global_order(0)) // self.layout.dp_size
+        self.steps_per_epoch = samples_per_rank // (cfg.batch_size * cfg.accumulation_steps)
         if self.steps_per_epoch == 0:
             raise SystemExit(
-                f"error: {len(dataset)} samples give no optimizer step at batch_size {cfg.batch_size} x "
-                f"accumulation {cfg.accumulation_steps} x data-parallel {self.layout.dp_size}"
-            )
+                f"error: {len(self.dataset)} samples give no optimizer step at batch_size {cfg.batch_size} x "
+                f"accumulation {cfg.accumulation_steps} x data-parallel {self.layout.dp_size}")
         self.total_steps = cfg.num_epochs * self.steps_per_epoch
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else default_warmup_steps(self.total_steps)
-        optimizer = build_optimizer(cfg, model)
+        optimizer = make_optimizer(cfg, model)
         scheduler = cosine_with_warmup(optimizer, self.total_steps, warmup)
-        self.model, self.optimizer, _, self.dataloader, self.lr_scheduler = self.booster.boost(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, dataloader=dataloader
-        )
+        self.model, self.optimizer, _, _, self.lr_scheduler = self.booster.boost(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler)
+        unwrapped = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
+        self.neftune = NEFTune(unwrapped.get_input_embeddings(), cfg.neft_alpha) if cfg.use_neft else None
+
         self.step = 0
         self.epoch = 0
+        self.bad_steps = 0
+        self.attempts = 0  # train_step calls in this process, skipped ones included
+        self.checkpointer = Checkpointer(self.booster, cfg.save_dir, cfg.keep_last,
+                                         tokenizer_folder(weights_source(cfg)[0]))
+        self.resumed_from = cfg.load_checkpoint or (latest_checkpoint(cfg.save_dir) if cfg.resume == "auto" else None)
+        if self.resumed_from:
+            self._restore(self.resumed_from)
         self.metrics = MetricsLogger(cfg.tensorboard_dir, enabled=self.rank == 0)
         if self.rank == 0:
-            os.makedirs(cfg.tensorboard_dir, exist_ok=True)
-            with open(os.path.join(cfg.tensorboard_dir, "config.json"), "w", encoding="utf-8") as f:
-                f.write(cfg.to_json())
-            run_info = describe_plugin(self.plugin)
-            run_info.update(world_size=dist.get_world_size(), data_parallel_size=self.layout.dp_size,
-                            cpu_compat=compat.is_active(), autocast=str(self.autocast_dtype), num_params=self.num_params)
-            with open(os.path.join(cfg.tensorboard_dir, "run_info.json"), "w", encoding="utf-8") as f:
-                json.dump(run_info, f, indent=2)
+            self._write_run_files()
 
-    # ------------------------------------------------------------------
-    def _to_device(self, batch: dict) -> dict:
-        return {k: v.to(self.device) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    # ---- state --------------------------------------------------------------------------------------
+    def _running_states(self) -> dict:
+        return {"epoch": self.epoch, "sampler": self.sampler.state_dict(), "data_parallel_size": self.layout.dp_size,
+                "config": json.loads(self.cfg.to_json())}
 
+    def _restore(self, path: str) -> None:
+        states = self.checkpointer.load(path, self.model, self.optimizer, self.lr_scheduler)
+        self.step, self.epoch = states["step"], states["epoch"]
+        self.sampler.load_state_dict(states["sampler"])
+        if self.rank == 0:
+            note = "" if states["data_parallel_size"] == self.layout.dp_size else (
+                f" (data-parallel size {states['data_parallel_size']} -> {self.layout.dp_size}: the remaining "
+                "samples are re-split exactly)")
+            print(f"resumed from {path} at step {self.step}, epoch {self.epoch}{note}", flush=True)
+
+    def save(self) -> str:
+        path = self.checkpointer.save(self.step, self.model, self.optimizer, self.lr_scheduler, self._running_states())
+        if self.rank == 0:
+            print(f"saved {path}", flush=True)
+        return path
+
+    def _write_run_files(self) -> None:
+        os.makedirs(self.cfg.tensorboard_dir, exist_ok=True)
+        with open(os.path.join(self.cfg.tensorboard_dir, "config.json"), "w", encoding="utf-8") as f:
+            f.write(self.cfg.to_json())
+        run_info = describe_plugin(self.plugin)
+        run_info.update(world_size=dist.get_world_size(), data_parallel_size=self.layout.dp_size,
+                        cpu_compat=compat.is_active(), autocast=str(self.autocast_dtype), num_params=self.num_params,
+                        resumed_from=self.resumed_from, start_step=self.step)
+        with open(os.path.join(self.cfg.tensorboard_dir, "run_info.json"), "w", encoding="utf-8") as f:
+            json.dump(run_info, f, indent=2)
+
+    # ---- one step -----------------------------------------------------------------------------------
     def _forward_backward(self, batch: dict, last_micro: bool) -> torch.Tensor | None:
         accum = self.cfg.accumulation_steps
+        if self.neftune:
+            self.neftune.set_lengths(batch["attention_mask"].sum(1))
         if self.layout.pipeline:
             out = self.booster.execute_pipeline(
                 iter([batch]), self.model, criterion=lambda outputs, inputs: outputs.loss / accum,
@@ -129,41 +149,60 @@ class Trainer:
             self.booster.backward(loss, self.optimizer)
         return loss.detach()
 
-    def _global_mean(self, local: torch.Tensor | None) -> float:
-        """Mean over data-parallel replicas of a value that `loss_owner` ranks hold (pipeline: last stage)."""
-        value = torch.zeros((), dtype=torch.float64, device=self.device)
-        if local is not None and self.layout.loss_owner:
-            value += local.double()
-        dist.all_reduce(value)
-        return value.item() / self.layout.dp_size
+    def _global_sum(self, *values: float) -> list[float]:
+        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(tensor)
+        return tensor.tolist()
 
-    def train_step(self, data_iter) -> dict:
+    def train_step(self, data_iter) -> dict | None:
+        """One optimizer step; None when the epoch has too few batches left for one."""
         cfg = self.cfg
+        try:
+            batches = [next(data_iter) for _ in range(cfg.accumulation_steps)]
+        except StopIteration:
+            return None
         start = time.perf_counter()
-        loss_sum, tokens = None, 0
-        for micro in range(cfg.accumulation_steps):
-            batch = self._to_device(next(data_iter))
-            tokens += int(batch["attention_mask"].sum())
-            loss = self._forward_backward(batch, last_micro=micro == cfg.accumulation_steps - 1)
+        loss_sum, tokens, padding = None, 0, 0
+        for micro, batch in enumerate(batches):
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            real = int(batch["attention_mask"].sum())
+            tokens += real
+            padding += batch["attention_mask"].numel() - real
+            loss = self._forward_backward(batch, last_micro=micro == len(batches) - 1)
             if loss is not None:
                 loss_sum = loss if loss_sum is None else loss_sum + loss
+        self.sampler.mark_consumed(cfg.batch_size * cfg.accumulation_steps)
+        # Mean over data-parallel replicas of what `loss_owner` ranks hold (pipeline: the last stage);
+        # tensor/pipeline replicas of one data shard saw the same tokens, so they count once.
+        replicas = dist.get_world_size() // self.layout.dp_size
+        owned = float(loss_sum) if (loss_sum is not None and self.layout.loss_owner) else 0.0
+        loss_total, tokens_total, padding_total = self._global_sum(owned, tokens / replicas, padding / replicas)
+        loss_value = loss_total / self.layout.dp_size
+        self.attempts += 1
+        if faults.nan_loss(self.attempts):
+            loss_value = float("nan")
         grad_norm = self.optimizer.clip_grad_by_norm(cfg.grad_clip) if self.clip_here else None
-        self.optimizer.step()
-        if grad_norm is None:
-            grad_norm = self._grad_norm_from_optimizer()
-        self.optimizer.zero_grad()
+        skipped = not math.isfinite(loss_value) or (grad_norm is not None and not math.isfinite(float(grad_norm)))
         lr = self.lr_scheduler.get_last_lr()[0]
-        self.lr_scheduler.step()
-        self.step += 1
-        loss_value = self._global_mean(loss_sum)
-        # Every rank counts the tokens it consumed; pipeline/tensor replicas of one data shard see the same batch.
-        token_tensor = torch.tensor(float(tokens) / (dist.get_world_size() // self.layout.dp_size), device=self.device)
-        dist.all_reduce(token_tensor)
+        if skipped:
+            self.bad_steps += 1
+        else:
+            self.bad_steps = 0
+            self.optimizer.step()
+            if grad_norm is None:
+                grad_norm = self._grad_norm_from_optimizer()
+            self.lr_scheduler.step()
+            self.step += 1
+        self.optimizer.zero_grad()
         elapsed = time.perf_counter() - start
-        return {"step": self.step, "loss": loss_value, "lr": lr,
-                "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                "tokens": int(round(token_tensor.item())), "step_time": elapsed,
-                "tokens_per_second": token_tensor.item() / elapsed}
+        tokens_per_second = tokens_total / elapsed
+        record = {"step": self.step, "loss": loss_value, "lr": lr,
+                  "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
+                  "tokens": int(round(tokens_total)), "step_time": elapsed, "tokens_per_second": tokens_per_second,
+                  "padding_fraction": padding_total / max(1.0, tokens_total + padding_total), "skipped": skipped}
+        if self.peak_tflops:
+            record["mfu"] = tokens_per_second * self.flops_per_token / (self.peak_tflops * 1e12 * dist.get_world_size())
+        return record
 
     def _grad_norm_from_optimizer(self):
         try:
@@ -171,31 +210,46 @@ class Trainer:
         except NotImplementedError:
             return None
 
+    # ---- the run ------------------------------------------------------------------------------------
     def fit(self) -> list[dict]:
+        from tqdm import tqdm
+
         cfg = self.cfg
         history = []
         last_step = self.total_steps if cfg.max_steps is None else min(cfg.max_steps, self.total_steps)
-        from tqdm import tqdm
-
         bar = tqdm(total=last_step, initial=self.step, disable=self.rank != 0, desc="train", unit="step")
-        while self.step < last_step:
-            self.dataloader.sampler.set_epoch(self.epoch)
+        while self.step < last_step and self.epoch < cfg.num_epochs:
+            self.sampler.set_epoch(self.epoch)
             data_iter = iter(self.dataloader)
-            for _ in range(self.steps_per_epoch):
-                if self.step >= last_step:
-                    break
+            while self.step < last_step:
                 record = self.train_step(data_iter)
+                if record is None:
+                    self.epoch += 1
+                    break
                 record["epoch"] = self.epoch
                 history.append(record)
-                if self.step % cfg.log_interval == 0 or self.step == last_step:
-                    self.metrics.log(record)
+                self.metrics.log(record)
+                if record["skipped"]:
+                    self._on_bad_step(record)
+                    continue
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
                 bar.update()
-            else:
-                self.epoch += 1
+                if cfg.save_interval > 0 and self.step % cfg.save_interval == 0:
+                    self.save()
         bar.close()
+        if not os.path.isdir(os.path.join(cfg.save_dir, f"step-{self.step}")):
+            self.save()  # the final state, unless the last interval just saved it
         self.metrics.close()
         return history
+
+    def _on_bad_step(self, record: dict) -> None:
+        if self.rank == 0:
+            print(f"warning: step {self.step + 1} skipped: loss {record['loss']}, grad norm {record['grad_norm']} "
+                  f"({self.bad_steps} in a row)", flush=True)
+        if self.bad_steps >= self.cfg.max_bad_steps:
+            path = self.save()
+            raise SystemExit(f"error: {self.bad_steps} steps in a row had a NaN/inf loss or gradient; stopped. "
+                             f"Last good state saved to {path}")
 
 
 def run(cfg: TrainConfig) -> list[dict]:
@@ -206,7 +260,7 @@ def run(cfg: TrainConfig) -> list[dict]:
               f"cpu_compat={compat.is_active()}", flush=True)
     history = trainer.fit()
     if trainer.rank == 0:
-        print(json.dumps({"final_loss": history[-1]["loss"] if history else None, "steps": len(history)}), flush=True)
+        print(json.dumps({"final_loss": history[-1]["loss"] if history else None, "steps": trainer.step}), flush=True)
     dist.barrier()
     dist.destroy_process_group()
     return history

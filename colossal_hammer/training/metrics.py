@@ -1,11 +1,33 @@
 """Per-step metrics: TensorBoard scalars for people, a JSON-lines file for scripts and tests."""
 
 import json
+import math
 import os
+from typing import Optional
+
+# Dense bf16 peak TFLOPS of common training GPUs, by a substring of torch.cuda.get_device_name().
+KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "4090": 165.0}
+
+
+def flops_per_token(config, num_params: int, seq_len: int) -> float:
+    """Training FLOPs per token: 6N for the matmuls plus the attention term 12 * layers * hidden * seq
+    (forward and backward of QK^T and AV), as in the PaLM paper's MFU."""
+    return 6.0 * num_params + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
+
+
+def peak_tflops(given: Optional[float], device) -> Optional[float]:
+    if given:
+        return given
+    if getattr(device, "type", None) == "cuda":
+        import torch
+
+        name = torch.cuda.get_device_name(device)
+        return next((v for k, v in KNOWN_PEAK_TFLOPS.items() if k in name), None)
+    return None
 
 
 class MetricsLogger:
-    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_second")
+    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_second", "padding_fraction", "mfu")
 
     def __init__(self, log_dir: str, enabled: bool = True):
         self.enabled = enabled
@@ -24,7 +46,7 @@ class MetricsLogger:
         if not self.enabled:
             return
         for key in self.SCALARS:
-            if key in record:
+            if key in record and math.isfinite(record[key]):
                 self.writer.add_scalar(f"train/{key}", record[key], record["step"])
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()

@@ -37,7 +37,11 @@ def test_bad_combination_is_one_clear_line(flags, message, tmp_path):
 def test_missing_model_is_refused(tmp_path):
     proc = subprocess.run([sys.executable, str(REPO / "train.py"), "--benchmark"], capture_output=True, text=True)
     assert proc.returncode != 0
-    assert "give exactly one of --pretrained DIR or --model_config" in proc.stderr
+    assert "give exactly one of --pretrained DIR, --model_config tiny|small|<json> or --load_weights_only DIR" \
+        in proc.stderr
+    both = subprocess.run([sys.executable, str(REPO / "train.py"), "--model_config", "tiny", "--benchmark",
+                           "--dataset", str(tmp_path)], capture_output=True, text=True)
+    assert both.returncode != 0 and "give --dataset DIR [DIR ...] or --benchmark" in both.stderr
 
 
 def test_without_compat_layer_zero_fails_on_cpu(tmp_path):

@@ -1,0 +1,167 @@
+"""Checkpoints that a crash cannot corrupt, and everything a resumed run needs to be the same run.
+
+SAVE_DIR/step-N/
+  modeling/            weights (safetensors, HF names) + config.json + the tokenizer when known
+  optimizer/           the plugin's optimizer state (ZeRO/Gemini shards gathered by the Booster)
+  lr_scheduler/state.json
+  rng/rank-R.json      torch (CPU and CUDA), numpy and Python RNG states of every rank
+  master/rank-R.safetensors  ZeRO's fp32 master shards (the Booster saves only the bf16/fp16 working
+                       weights, from which a resumed run would re-derive rounded masters and drift)
+  running_states.json  step, epoch, sampler state, data-parallel size, and the run's settings
+
+Every rank writes into SAVE_DIR/.tmp-step-N/ and rank 0 renames it to step-N only after all have
+finished, so a step-N folder is complete by construction; a run killed mid-save leaves a .tmp folder
+that `--resume auto` ignores. Nothing here is unpickled: JSON, safetensors, and the Booster's
+optimizer files, which torch >= 2.6 loads with weights_only=True.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+from typing import Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from . import faults
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json")
+
+
+def complete_checkpoints(save_dir: str) -> list[str]:
+    """step-N folders in save_dir, oldest first."""
+    if not os.path.isdir(save_dir):
+        return []
+    found = [(int(m.group(1)), name) for name in os.listdir(save_dir) if (m := STEP_DIR.match(name))]
+    return [os.path.join(save_dir, name) for _, name in sorted(found)]
+
+
+def latest_checkpoint(save_dir: str) -> Optional[str]:
+    found = complete_checkpoints(save_dir)
+    return found[-1] if found else None
+
+
+def rng_state() -> dict:
+    version, mt, gauss = random.getstate()
+    np_state = np.random.get_state()
+    state = {
+        "python": [version, list(mt), gauss],
+        "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "torch": torch.get_rng_state().tolist(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state().tolist()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    version, mt, gauss = state["python"]
+    random.setstate((version, tuple(mt), gauss))
+    name, keys, *rest = state["numpy"]
+    np.random.set_state((name, np.array(keys, dtype=np.uint32), *rest))
+    torch.set_rng_state(torch.tensor(state["torch"], dtype=torch.uint8))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(torch.tensor(state["cuda"], dtype=torch.uint8))
+
+
+def _write_json(path: str, data) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False)
+
+
+def _read_json(path: str):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+class Checkpointer:
+    def __init__(self, booster, save_dir: str, keep_last: int = 0, tokenizer_dir: Optional[str] = None):
+        self.booster = booster
+        self.save_dir = save_dir
+        self.keep_last = keep_last
+        self.tokenizer_dir = tokenizer_dir
+        self.rank = dist.get_rank()
+
+    def save(self, step: int, model, optimizer, lr_scheduler, running_states: dict) -> str:
+        final = os.path.join(self.save_dir, f"step-{step}")
+        tmp = os.path.join(self.save_dir, f".tmp-step-{step}")
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+            os.makedirs(tmp)
+        dist.barrier()
+        self.booster.save_model(model, os.path.join(tmp, "modeling"), shard=True, use_safetensors=True)
+        faults.kill_if("kill_mid_save", step)  # weights written, the rest not: a crash mid-save
+        self.booster.save_optimizer(optimizer, os.path.join(tmp, "optimizer"), shard=True)
+        _write_json(os.path.join(tmp, "rng", f"rank-{self.rank}.json"), rng_state())
+        masters = zero_master_params(optimizer)
+        if masters is not None:
+            from safetensors.torch import save_file
+
+            os.makedirs(os.path.join(tmp, "master"), exist_ok=True)
+            save_file({str(i): p.detach().contiguous().cpu() for i, p in enumerate(masters)},
+                      os.path.join(tmp, "master", f"rank-{self.rank}.safetensors"))
+        if self.rank == 0:
+            self._save_model_files(model, os.path.join(tmp, "modeling"))
+            _write_json(os.path.join(tmp, "lr_scheduler", "state.json"), lr_scheduler.state_dict())
+            _write_json(os.path.join(tmp, "running_states.json"),
+                        {**running_states, "step": step, "world_size": dist.get_world_size()})
+        dist.barrier()
+        if self.rank == 0:
+            shutil.rmtree(final, ignore_errors=True)
+            os.rename(tmp, final)
+            self._prune()
+        dist.barrier()
+        return final
+
+    def _save_model_files(self, model, modeling_dir: str) -> None:
+        unwrapped = model.unwrap() if hasattr(model, "unwrap") else model
+        config = getattr(unwrapped, "config", None)
+        if config is not None:
+            config.save_pretrained(modeling_dir)
+        if self.tokenizer_dir:
+            for name in TOKENIZER_FILES:
+                if os.path.isfile(os.path.join(self.tokenizer_dir, name)):
+                    shutil.copy(os.path.join(self.tokenizer_dir, name), modeling_dir)
+
+    def _prune(self) -> None:
+        if self.keep_last > 0:
+            for old in complete_checkpoints(self.save_dir)[: -self.keep_last]:
+                shutil.rmtree(old, ignore_errors=True)
+
+    def load(self, path: str, model, optimizer, lr_scheduler) -> dict:
+        """Restore everything into the boosted objects; returns running_states.json."""
+        if not os.path.isfile(os.path.join(path, "running_states.json")):
+            raise SystemExit(f"error: {path}: not a complete checkpoint (no running_states.json)")
+        self.booster.load_model(model, os.path.join(path, "modeling"))
+        self.booster.load_optimizer(optimizer, os.path.join(path, "optimizer"))
+        lr_scheduler.load_state_dict(_read_json(os.path.join(path, "lr_scheduler", "state.json")))
+        rng_file = os.path.join(path, "rng", f"rank-{self.rank}.json")
+        if os.path.isfile(rng_file):
+            set_rng_state(_read_json(rng_file))
+        states = _read_json(os.path.join(path, "running_states.json"))
+        masters = zero_master_params(optimizer)
+        master_file = os.path.join(path, "master", f"rank-{self.rank}.safetensors")
+        if masters is not None and os.path.isfile(master_file) and states.get("world_size") == dist.get_world_size():
+            from safetensors.torch import load_file
+
+            saved = load_file(master_file)
+            if len(saved) == len(masters) and all(saved[str(i)].shape == p.shape for i, p in enumerate(masters)):
+                with torch.no_grad():
+                    for i, p in enumerate(masters):
+                        p.copy_(saved[str(i)])
+        return states
+
+
+def zero_master_params(optimizer) -> Optional[list]:
+    """This rank's fp32 master shards under ZeRO (LowLevelZero and hybrid ZeRO), else None."""
+    if not hasattr(optimizer, "master_to_working_param") or getattr(optimizer, "_dtype", None) == torch.float32:
+        return None
+    return [p for group in optimizer.optim.param_groups for p in group["params"]]

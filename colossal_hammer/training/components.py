@@ -1,0 +1,96 @@
+"""The pieces a Trainer is built from, each from the config alone: model, optimizer, data."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..data.loader import BinnedDataset, BucketSampler, PackedCollator
+from ..data.random_data import RandomTokenDataset
+from ..errors import InputError
+from ..model.build import build_model
+from .config import TrainConfig
+
+
+def weights_source(cfg: TrainConfig) -> Tuple[Optional[str], Optional[str]]:
+    """(HF folder to load weights from, model config name) for this run.
+
+    `--load_weights_only` takes a checkpoint's step-N folder (whose modeling/ is an HF folder) or an HF
+    folder, chosen by what is on disk, never by a substring of the path."""
+    if cfg.load_weights_only:
+        modeling = os.path.join(cfg.load_weights_only, "modeling")
+        folder = modeling if os.path.isdir(modeling) else cfg.load_weights_only
+        if not os.path.isfile(os.path.join(folder, "config.json")):
+            raise SystemExit(f"error: --load_weights_only {cfg.load_weights_only}: neither a checkpoint nor an HF folder")
+        return folder, None
+    return cfg.pretrained, cfg.model_config
+
+
+def tokenizer_folder(weights_dir: Optional[str]) -> Optional[str]:
+    """The folder holding the run's tokenizer, if the weights came with one."""
+    if weights_dir and any(os.path.isfile(os.path.join(weights_dir, n)) for n in ("tokenizer.json", "tokenizer.model")):
+        return weights_dir
+    return None
+
+
+def attention_implementation(cfg: TrainConfig) -> str:
+    """flash_attention_2 when asked for and possible (a GPU and the flash-attn package; with packed rows
+    it then attends within documents, from the position ids), else SDPA."""
+    if cfg.use_flash_attn and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
+        return "flash_attention_2"
+    return "sdpa"
+
+
+def make_model(cfg: TrainConfig, dtype: torch.dtype, lazy_ctx) -> torch.nn.Module:
+    weights_dir, model_config = weights_source(cfg)
+    model = build_model(weights_dir, model_config, cfg.seed, dtype=dtype, lazy_ctx=lazy_ctx,
+                        attn_implementation=attention_implementation(cfg))
+    if cfg.freeze_non_embeds_params:
+        trainable = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in trainable)
+    if cfg.use_grad_checkpoint:
+        model.gradient_checkpointing_enable()
+    model.train()
+    return model
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """Weight decay on matrices only: norms' gains and biases (1-D tensors) are left alone."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [g for g in groups if g["params"]]
+
+
+def make_optimizer(cfg: TrainConfig, model: torch.nn.Module) -> torch.optim.Optimizer:
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay)
+    from colossalai.nn.optimizer import HybridAdam
+
+    return HybridAdam(groups, lr=cfg.lr, betas=(0.9, 0.95), weight_decay=cfg.weight_decay, adamw_mode=True)
+
+
+def make_data(cfg: TrainConfig, vocab_size: int, dp_size: int, dp_rank: int):
+    """(dataset, sampler, dataloader). The sampler is ours for datasets and random tokens alike, so the
+    sample order is the same for every plugin and data-parallel size, and its state is exact."""
+    if cfg.dataset:
+        try:
+            dataset = BinnedDataset(cfg.dataset)
+        except InputError as e:
+            raise SystemExit(f"error: {e}") from None
+        pad_id = dataset.pad_id
+    else:
+        dataset = RandomTokenDataset(cfg.num_samples, cfg.max_length, vocab_size, seed=cfg.seed)
+        pad_id = 0
+    sampler = BucketSampler(dataset, dp_size, dp_rank, seed=cfg.seed, category_weights=cfg.weights_by_category())
+    collator = PackedCollator(pad_id, cfg.max_length if cfg.padding_mode == "max_length" else None)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator, drop_last=True)
+    return dataset, sampler, loader

@@ -1,0 +1,73 @@
+"""train.py on prepared datasets (pretrain packed, SFT padded), and train.example.sh as shipped."""
+
+import json
+import os
+import subprocess
+import sys
+
+from colossal_hammer.data.pretrain import main as prepare_pretrain
+from colossal_hammer.data.sft import main as prepare_sft
+from colossal_hammer.demo import texts
+from tests.conftest import write_jsonl
+from tests.distributed import REPO, train
+
+TOKENIZER_ARGS = ["--num_spliced_dataset_bins", "2", "--num_workers", "1"]
+
+
+def tiny_model_dir(tokenizer_dir, out):
+    """A tiny Llama sized to the tokenizer, saved with it, as init_embeddings would leave it."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+def test_pretrain_and_sft_datasets_train(tokenizer_dir, tmp_path):
+    news = texts.chinese_news()
+    rows = [{"target": s, "category": c} for c in ("体育", "科技") for s in news[c][:40]]
+    rows += [{"target": p, "category": "english"} for p in texts.english_paragraphs()[:60]]
+    write_jsonl(tmp_path / "raw" / "a.jsonl", rows)
+    manifest = prepare_pretrain(["--data_input_dirs", str(tmp_path / "raw"), "--tokenizer_dir", tokenizer_dir,
+                                 "--data_output_dirs", str(tmp_path / "pt"), "--max_length", "64", *TOKENIZER_ARGS])
+    model = tiny_model_dir(tokenizer_dir, tmp_path / "model")
+    run = train(["--pretrained", model, "--dataset", tmp_path / "pt", "--plugin", "zero2", "--max_length", "64",
+                 "--batch_size", "2", "--max_steps", "6", "--lr", "3e-3", "--category_weights", "english=0.5",
+                 "--save_dir", tmp_path / "ckpt"], tmp_path / "logs")
+    assert len(run["losses"]) == 6 and run["losses"][-1] < run["losses"][0]
+    assert all(r["tokens"] == 4 * 64 - r["padding_fraction"] * 4 * 64 for r in run["records"])
+    # the tokenizer travelled with the weights into the checkpoint
+    assert (tmp_path / "ckpt" / "step-6" / "modeling" / "tokenizer.json").is_file()
+    assert manifest["totals"]["rows"] >= 24
+
+    chats = [{"messages": [{"from": "human", "content": f"第{i}个问题是什么？"},
+                           {"from": "assistant", "content": s[:40]}], "category": "qa"}
+             for i, s in enumerate(news["教育"][:40])]
+    write_jsonl(tmp_path / "raw_sft" / "a.jsonl", chats)
+    prepare_sft(["--data_input_dirs", str(tmp_path / "raw_sft"), "--tokenizer_dir", tokenizer_dir,
+                 "--data_output_dirs", str(tmp_path / "sft"), "--max_length", "128", *TOKENIZER_ARGS])
+    sft = train(["--load_weights_only", tmp_path / "ckpt" / "step-6", "--dataset", tmp_path / "sft", "--plugin",
+                 "ddp", "--max_length", "128", "--batch_size", "2", "--max_steps", "4", "--use_neft",
+                 "--save_dir", tmp_path / "ckpt_sft"], tmp_path / "logs_sft")
+    assert len(sft["losses"]) == 4 and all(0 < r["padding_fraction"] < 1 for r in sft["records"])
+
+
+def test_train_example_script_runs_as_shipped(tokenizer_dir, tmp_path):
+    write_jsonl(tmp_path / "raw" / "a.jsonl", [{"target": p, "category": "en"} for p in texts.english_paragraphs()[:80]])
+    prepare_pretrain(["--data_input_dirs", str(tmp_path / "raw"), "--tokenizer_dir", tokenizer_dir,
+                      "--data_output_dirs", str(tmp_path / "pt"), "--max_length", "64", *TOKENIZER_ARGS])
+    model = tiny_model_dir(tokenizer_dir, tmp_path / "model")
+    bindir = os.path.dirname(sys.executable)
+    env = {**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}", "PYTHONPATH": str(REPO),
+           "PRETRAINED": str(model), "DATASET": str(tmp_path / "pt"), "NPROC_PER_NODE": "2", "MAX_LENGTH": "64",
+           "BATCH_SIZE": "2", "ACCUMULATION_STEPS": "2", "SAVE_INTERVAL": "2", "SAVE_DIR": str(tmp_path / "ckpt"),
+           "LOG_DIR": str(tmp_path / "logs"), "MASTER_PORT": "29517"}
+    proc = subprocess.run(["bash", str(REPO / "train.example.sh")], env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, timeout=600, start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-4000:]
+    records = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert records and records[-1]["step"] >= 2
+    assert any(p.name.startswith("step-") for p in (tmp_path / "ckpt").iterdir())
