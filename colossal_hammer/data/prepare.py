@@ -16,7 +16,7 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterator, List, Optional
+from typing import Callable, Dict, Iterator, List
 
 from .bins import CategoryBins, content_hash
 from .manifest import Manifest

@@ -38,6 +38,30 @@ def list_input_files(input_dirs: Sequence[str]) -> List[InputFile]:
     return sorted(files, key=lambda f: f.path)
 
 
+def read_texts(path: str, fields: Sequence[str] = ("text", "target")) -> List[str]:
+    """Texts of a .txt file (one per line) or a .jsonl file (the first of `fields` a row has), blank lines skipped."""
+    import json
+
+    texts = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            if not path.endswith(".jsonl"):
+                texts.append(line.rstrip("\n"))
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{number}: malformed JSON: {e.msg}") from None
+            text = next((row[f] for f in fields if f in row), None) if isinstance(row, dict) else None
+            if not isinstance(text, str) or not text:
+                raise InputError(f"{path}:{number}: expected a non-empty string field "
+                                 + " or ".join(repr(f) for f in fields))
+            texts.append(text)
+    return texts
+
+
 def open_binary(path: str) -> io.BufferedIOBase:
     if path.endswith(".gz"):
         return gzip.open(path, "rb")

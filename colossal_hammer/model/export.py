@@ -13,16 +13,14 @@ import argparse
 import glob
 import json
 import os
-import shutil
 from typing import Dict, Optional
 
 import torch
 
 from ..errors import InputError, main_with_errors
+from ..tokenizer.files import copy_tokenizer_files
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
 
 
 def strip_wrapper_prefixes(key: str) -> str:
@@ -63,10 +61,7 @@ def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokeni
     model.load_state_dict(state, strict=False)
     target = DTYPES[dtype] if dtype else next(iter(state.values())).dtype
     model.to(target).save_pretrained(output_dir, safe_serialization=True)
-    source = tokenizer_dir or modeling
-    copied = [n for n in TOKENIZER_FILES if os.path.isfile(os.path.join(source, n))]
-    for name in copied:
-        shutil.copy(os.path.join(source, name), output_dir)
+    copied = copy_tokenizer_files(tokenizer_dir or modeling, output_dir)
     return {"output_dir": output_dir, "dtype": str(target).replace("torch.", ""), "tensors": len(state),
             "tokenizer_files": copied}
 

@@ -19,6 +19,7 @@ import os
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
+from ..data.reader import read_texts
 from ..errors import InputError, main_with_errors
 from .charset import levels
 from .sentencepiece_io import find_model_file
@@ -72,23 +73,6 @@ def default_texts() -> Dict[str, List[str]]:
     # The last 50 sentences of each news category: what the demo and merge hold out from training.
     chinese = [s for sentences in chinese_news().values() for s in sentences[-50:]]
     return {"chinese": chinese, "english": english_paragraphs()[-300:]}
-
-
-def read_texts(path: str) -> Dict[str, List[str]]:
-    texts = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            if path.endswith(".jsonl"):
-                row = json.loads(line)
-                text = row.get("text", row.get("target")) if isinstance(row, dict) else None
-                if not isinstance(text, str):
-                    raise InputError(f"{path}:{number}: expected a string field 'text' or 'target'")
-                texts.append(text)
-            else:
-                texts.append(line.rstrip("\n"))
-    return {os.path.basename(path): texts}
 
 
 @dataclass
@@ -149,7 +133,7 @@ def main(argv=None) -> List[dict]:
         for path in args.tokenizers + ([args.reference] if args.reference else []):
             if not (find_model_file(path) or os.path.isdir(path)):
                 raise InputError(f"{path}: neither a tokenizer folder nor a .model file")
-        texts = read_texts(args.text_file) if args.text_file else None
+        texts = {os.path.basename(args.text_file): read_texts(args.text_file)} if args.text_file else None
         reports = analyze(args.tokenizers, args.reference, texts)
         reference_name = AnyTokenizer(args.reference).name if args.reference else reports[0].tokenizer
         print(table(reports, reference_name))

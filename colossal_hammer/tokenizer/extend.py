@@ -19,25 +19,15 @@ import argparse
 import json
 from typing import Iterable, List, Optional
 
+from ..data.reader import read_texts
 from ..errors import InputError, main_with_errors
 from .sentencepiece_io import NORMAL, find_model_file, load_proto, save_hf_tokenizer
 
 
 def read_pieces(path: str) -> List[str]:
-    pieces = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{number}: malformed JSON: {e.msg}") from None
-            piece = row.get("piece") if isinstance(row, dict) else None
-            if not isinstance(piece, str) or not piece:
-                raise InputError(f"{path}:{number}: field 'piece' must be a non-empty string")
-            pieces.append(piece)
-    return pieces
+    if not path.endswith(".jsonl"):
+        raise InputError(f'{path}: expected a .jsonl file of {{"piece": "..."}} rows')
+    return read_texts(path, fields=("piece",))
 
 
 def new_unique(pieces: Iterable[str], existing: Iterable[str]) -> List[str]:

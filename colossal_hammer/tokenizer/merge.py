@@ -18,6 +18,7 @@ import json
 import statistics
 from typing import Iterable, List, Optional
 
+from ..data.reader import read_texts
 from ..errors import InputError, main_with_errors
 from .charset import all_chars, levels
 from .extend import extend_proto
@@ -68,27 +69,6 @@ def merge_protos(base, donor, ratio: float, required: Iterable[str]) -> dict:
             "vocab_size": len(base.pieces)}
 
 
-def read_corpus(paths: List[str]) -> List[str]:
-    texts = []
-    for path in paths:
-        with open(path, encoding="utf-8") as f:
-            for number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                if path.endswith(".jsonl"):
-                    try:
-                        row = json.loads(line)
-                    except json.JSONDecodeError as e:
-                        raise InputError(f"{path}:{number}: malformed JSON: {e.msg}") from None
-                    text = row.get("text", row.get("target")) if isinstance(row, dict) else None
-                    if not isinstance(text, str):
-                        raise InputError(f"{path}:{number}: expected a string field 'text' or 'target'")
-                    texts.append(text)
-                else:
-                    texts.append(line.rstrip("\n"))
-    return texts
-
-
 def merge_tokenizer(base_dir: str, target_dir: str, corpus: Optional[List[str]] = None,
                     donor_vocab_size: int = 20000, donor_model: Optional[str] = None) -> dict:
     base = load_proto(base_dir)
@@ -115,7 +95,7 @@ def main(argv=None) -> dict:
     result = {}
 
     def body():
-        corpus = read_corpus(args.corpus.split(",")) if args.corpus else None
+        corpus = [t for path in args.corpus.split(",") for t in read_texts(path)] if args.corpus else None
         result.update(merge_tokenizer(args.base_tokenizer_dir, args.target_tokenizer_dir, corpus,
                                       args.donor_vocab_size, args.donor_model))
         print(json.dumps(result))

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import os
-import shutil
 from typing import Optional
 
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from .files import CONFIG_FILES, copy_tokenizer_files
+
 NORMAL = sp_pb2.ModelProto.SentencePiece.NORMAL
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
 
 
 def find_model_file(path: str) -> Optional[str]:
@@ -39,9 +38,7 @@ def save_hf_tokenizer(proto: sp_pb2.ModelProto, out_dir: str, template_dir: Opti
 
     os.makedirs(out_dir, exist_ok=True)
     if template_dir and os.path.isdir(template_dir) and os.path.abspath(template_dir) != os.path.abspath(out_dir):
-        for name in TOKENIZER_FILES[2:]:
-            if os.path.isfile(os.path.join(template_dir, name)):
-                shutil.copy(os.path.join(template_dir, name), os.path.join(out_dir, name))
+        copy_tokenizer_files(template_dir, out_dir, CONFIG_FILES)
     stale = os.path.join(out_dir, "tokenizer.json")
     if os.path.exists(stale):
         os.remove(stale)  # rebuilt below from the new model

@@ -28,11 +28,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..tokenizer.files import copy_tokenizer_files
 from . import faults
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
-TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "added_tokens.json")
 
 
 def complete_checkpoints(save_dir: str) -> list[str]:
@@ -127,9 +126,7 @@ class Checkpointer:
         if config is not None:
             config.save_pretrained(modeling_dir)
         if self.tokenizer_dir:
-            for name in TOKENIZER_FILES:
-                if os.path.isfile(os.path.join(self.tokenizer_dir, name)):
-                    shutil.copy(os.path.join(self.tokenizer_dir, name), modeling_dir)
+            copy_tokenizer_files(self.tokenizer_dir, modeling_dir)
 
     def _prune(self) -> None:
         if self.keep_last > 0:

@@ -2,7 +2,6 @@
 
 import gzip
 import json
-import random
 import shutil
 
 import pytest

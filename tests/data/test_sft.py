@@ -1,6 +1,5 @@
 """prepare_sft_dataset.py: loss on assistant turns only, whole leading turns kept, optional packing."""
 
-import json
 
 from datasets import load_from_disk
 from transformers import AutoTokenizer
