@@ -1,0 +1,119 @@
+"""Loss, perplexity and bits per byte of a causal LM on text files, per file and per category.
+
+    python -m colossal_hammer.eval.perplexity --model DIR --data held_out_zh.jsonl,held_out_en.txt \
+        [--max_length 2048] [--output report.json]
+
+Each document is scored as BOS + its tokens, predicting every token of the text (not BOS, not EOS),
+in windows of --max_length tokens. Loss and perplexity are per token and so depend on the tokenizer;
+bits per byte (summed negative log-likelihood in bits / UTF-8 bytes of the text) does not, and is
+the number to compare across tokenizers. Rows of a .jsonl file take 'text' or 'target', and
+'category' when present; a .txt file is one document per line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+from collections import defaultdict
+from typing import Dict, List, Optional, Tuple
+
+import torch
+
+from ..data.records import RecordProblem, load_object, string_field
+from ..errors import InputError, main_with_errors
+
+
+def read_documents(path: str) -> List[Tuple[str, str]]:
+    """(category, text) pairs; a .txt file's category is its file name."""
+    docs = []
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            if not path.endswith(".jsonl"):
+                docs.append((os.path.basename(path), raw.decode("utf-8").rstrip("\n")))
+                continue
+            try:
+                obj = load_object(raw)
+                text = string_field(obj, "text" if "text" in obj else "target")
+                docs.append((string_field(obj, "category", os.path.basename(path)), text))
+            except RecordProblem as p:
+                raise InputError(f"{path}:{number}: {p.detail}") from None
+    if not docs:
+        raise InputError(f"{path}: no documents")
+    return docs
+
+
+@torch.no_grad()
+def document_nll(model, ids: List[int], bos: Optional[int], max_length: int, device) -> Tuple[float, int]:
+    """Summed NLL (nats) of predicting `ids` after BOS, and the number of predicted tokens."""
+    sequence = ([bos] if bos is not None else []) + ids  # without BOS the first token has no context
+    total, count = 0.0, 0
+    # Windows overlap by one token: window k predicts sequence[k*L+1 : (k+1)*L+1] from what precedes
+    # it in the window, so every token after the first is predicted exactly once.
+    for begin in range(0, len(sequence) - 1, max_length):
+        window = torch.tensor([sequence[begin: begin + max_length + 1]], device=device)
+        logits = model(window[:, :-1]).logits.float()
+        total += float(torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum"))
+        count += window.shape[1] - 1
+    return total, count
+
+
+def evaluate(model_dir: str, data_files: List[str], max_length: int = 2048, device: str = "cpu") -> Dict[str, dict]:
+    from tqdm import tqdm
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype="auto").to(device).eval()
+    except OSError as e:
+        raise InputError(f"{model_dir}: {str(e).splitlines()[0]}") from None
+    files = {path: read_documents(path) for path in data_files}
+    sums = defaultdict(lambda: [0.0, 0, 0])  # key -> nll nats, tokens, bytes
+    bar = tqdm(total=sum(len(d) for d in files.values()), desc="evaluate", unit="doc", disable=None)
+    for path, docs in files.items():
+        for category, text in docs:
+            ids = tokenizer(text, add_special_tokens=False).input_ids
+            nll, count = document_nll(model, ids, tokenizer.bos_token_id, max_length, device)
+            for key in (f"file:{os.path.basename(path)}", f"category:{category}"):
+                sums[key][0] += nll
+                sums[key][1] += count
+                sums[key][2] += len(text.encode("utf-8"))
+            bar.update()
+    bar.close()
+    report = {}
+    for key, (nll, tokens, nbytes) in sorted(sums.items()):
+        loss = nll / max(1, tokens)
+        report[key] = {"loss": loss, "perplexity": math.exp(min(loss, 700)), "bits_per_byte": nll / math.log(2) / nbytes,
+                       "tokens": tokens, "bytes": nbytes}
+    return report
+
+
+def main(argv=None) -> Dict[str, dict]:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="HF model folder (with its tokenizer), e.g. an export")
+    p.add_argument("--data", required=True, help="Comma-separated .jsonl / .txt files")
+    p.add_argument("--max_length", type=int, default=2048)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--output", default=None, help="Also write the report as JSON here")
+    args = p.parse_args(argv)
+    report: Dict[str, dict] = {}
+
+    def body():
+        report.update(evaluate(args.model, [f for f in args.data.split(",") if f], args.max_length, args.device))
+        print(f"{'':32s} {'loss':>8s} {'ppl':>10s} {'bits/byte':>10s} {'tokens':>9s}")
+        for key, r in report.items():
+            print(f"{key:32s} {r['loss']:8.4f} {r['perplexity']:10.2f} {r['bits_per_byte']:10.4f} {r['tokens']:9d}")
+        if args.output:
+            with open(args.output, "w", encoding="utf-8") as f:
+                json.dump(report, f, ensure_ascii=False, indent=2)
+
+    main_with_errors(body)
+    return report
+
+
+if __name__ == "__main__":
+    main()

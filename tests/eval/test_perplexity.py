@@ -1,0 +1,45 @@
+"""perplexity: per-file and per-category loss, perplexity and bits per byte, consistent with HF's loss."""
+
+import json
+import math
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+from colossal_hammer.eval.perplexity import main as evaluate_main
+
+
+def test_report_matches_the_model_loss(tokenizer_dir, tmp_path):
+    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1)
+    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    docs = [("zh", "我们研究人工智能技术。"), ("zh", "今天的比赛非常精彩。"), ("en", "The quick brown fox.")]
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": t, "category": c}, ensure_ascii=False)
+                                                for c, t in docs), encoding="utf-8")
+    (tmp_path / "e.txt").write_text("Hello world\n\nSecond line here\n", encoding="utf-8")
+    report = evaluate_main(["--model", str(tmp_path / "m"), "--data", f"{tmp_path / 'd.jsonl'},{tmp_path / 'e.txt'}",
+                            "--max_length", "8", "--output", str(tmp_path / "r.json")])
+    assert json.loads((tmp_path / "r.json").read_text()) == report
+    assert set(report) == {"file:d.jsonl", "file:e.txt", "category:zh", "category:en", "category:e.txt"}
+
+    # the same figure by HF's own loss over whole documents (windows of 8 must not change it much:
+    # each window restarts its context, so it can only be close, and exactly equal when a doc fits)
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    nll = tokens = 0
+    for _, text in docs[:2]:
+        ids = torch.tensor([[tok.bos_token_id] + tok(text, add_special_tokens=False).input_ids])
+        with torch.no_grad():
+            loss = model(ids, labels=ids).loss.item()
+        nll += loss * (ids.shape[1] - 1)
+        tokens += ids.shape[1] - 1
+    zh = report["category:zh"]
+    assert zh["tokens"] == tokens
+    nbytes = sum(len(t.encode()) for _, t in docs[:2])
+    assert zh["bytes"] == nbytes
+    assert math.isclose(zh["bits_per_byte"], zh["loss"] * zh["tokens"] / math.log(2) / nbytes, rel_tol=1e-9)
+    assert math.isclose(zh["perplexity"], math.exp(zh["loss"]), rel_tol=1e-9)
+    full = evaluate_main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--max_length", "512"])
+    assert math.isclose(full["category:zh"]["loss"], nll / tokens, rel_tol=1e-5)
