@@ -27,7 +27,7 @@ test-all: PYTEST_ARGS =
 test-all: test
 
 demo: setup
-	$(BIN)/python -m colossal_hammer.demo
+	$(BIN)/python -m colossal_hammer.demo --scale full --output_dir demo_output
 
 bench: setup
 	$(BIN)/python bench/train_overhead.py

