@@ -35,7 +35,8 @@ def bare_loop(a, env, out: Path):
 def our_loop(a, env, logs: Path, optimizer: str):
     torchrun([REPO / "train.py", "--plugin", "ddp", "--model_config", "small", "--benchmark",
               "--num_samples", a.steps * a.batch * 2, "--max_length", a.seq, "--batch_size", a.batch,
-              "--mixed_precision", "fp32", "--optimizer", optimizer, "--tensorboard_dir", logs], env)
+              "--mixed_precision", "fp32", "--optimizer", optimizer, "--tensorboard_dir", logs,
+              "--save_dir", logs / "ckpt"], env)
     records = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
     return [r["step_time"] for r in records][WARMUP:], records[0]["tokens"]
 

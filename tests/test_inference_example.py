@@ -5,9 +5,9 @@ import subprocess
 import sys
 
 import pytest
-import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoTokenizer
 
+from tests.conftest import save_tiny_llama
 from tests.distributed import REPO
 
 sys.path.insert(0, str(REPO))
@@ -22,11 +22,7 @@ def test_do_sample_parses_booleans(argv, expected):
 
 def test_greedy_generation_streams_and_chat_template_applies(tokenizer_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    save_tiny_llama(tokenizer_dir, tmp_path / "m")
     cmd = [sys.executable, str(REPO / "inference_example.py"), "--model_path", str(tmp_path / "m"),
            "--max_new_tokens", "6", "--do_sample", "False", "--input_txt", "什么是人工智能"]
     env = {**os.environ, "PYTHONPATH": str(REPO)}

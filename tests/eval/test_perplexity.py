@@ -4,18 +4,15 @@ import json
 import math
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from colossal_hammer.eval.perplexity import main as evaluate_main
+from tests.conftest import save_tiny_llama
 
 
 def test_report_matches_the_model_loss(tokenizer_dir, tmp_path):
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                         num_attention_heads=2, num_key_value_heads=1)
-    AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
+    save_tiny_llama(tokenizer_dir, tmp_path / "m")
     docs = [("zh", "我们研究人工智能技术。"), ("zh", "今天的比赛非常精彩。"), ("en", "The quick brown fox.")]
     (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"text": t, "category": c}, ensure_ascii=False)
                                                 for c, t in docs), encoding="utf-8")

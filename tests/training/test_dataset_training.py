@@ -8,22 +8,14 @@ import sys
 from colossal_hammer.data.pretrain import main as prepare_pretrain
 from colossal_hammer.data.sft import main as prepare_sft
 from colossal_hammer.demo import texts
-from tests.conftest import write_jsonl
+from tests.conftest import save_tiny_llama, write_jsonl
 from tests.distributed import REPO, train
 
 TOKENIZER_ARGS = ["--num_spliced_dataset_bins", "2", "--num_workers", "1"]
 
 
 def tiny_model_dir(tokenizer_dir, out):
-    """A tiny Llama sized to the tokenizer, saved with it, as init_embeddings would leave it."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    tok = AutoTokenizer.from_pretrained(tokenizer_dir)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2)
-    AutoModelForCausalLM.from_config(config).save_pretrained(out)
-    tok.save_pretrained(out)
-    return out
+    return save_tiny_llama(tokenizer_dir, out, hidden=64, layers=2)
 
 
 def test_pretrain_and_sft_datasets_train(tokenizer_dir, tmp_path):
