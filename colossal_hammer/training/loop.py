@@ -45,7 +45,7 @@ class Trainer:
         self.device = get_accelerator().get_current_device()
         self.rank = dist.get_rank()
         self.plugin = build_plugin(cfg)
-        self.layout = layout_of(self.plugin, cfg)
+        self.layout = layout_of(self.plugin)
         is_ddp = isinstance(self.plugin, TorchDDPPlugin)
         if is_ddp and cfg.mixed_precision == "fp16" and self.device.type == "cpu":
             raise SystemExit("error: --plugin ddp with fp16 needs a GPU (torch AMP loss scaling); use bf16 or fp32")

@@ -87,7 +87,7 @@ def build_plugin(cfg: TrainConfig):
     raise SystemExit(f"error: unknown plugin {cfg.plugin!r}")
 
 
-def layout_of(plugin, cfg: TrainConfig) -> ParallelLayout:
+def layout_of(plugin) -> ParallelLayout:
     from colossalai.booster.plugin import HybridParallelPlugin
 
     if isinstance(plugin, HybridParallelPlugin):
