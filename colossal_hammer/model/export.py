@@ -18,9 +18,9 @@ from typing import Dict, Optional
 import torch
 
 from ..errors import InputError, main_with_errors
+from .build import DTYPES
 from ..tokenizer.files import copy_tokenizer_files
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def strip_wrapper_prefixes(key: str) -> str:

@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
 from ..data.reader import read_texts
+from ..data.tokenize import load_tokenizer
 from ..errors import InputError, main_with_errors
 from .charset import levels
 from .sentencepiece_io import find_model_file
@@ -39,12 +40,7 @@ class AnyTokenizer:
             self.unk_id = self.sp.unk_id()
             self.vocab_size = self.sp.get_piece_size()
         else:
-            from transformers import AutoTokenizer
-
-            try:
-                self.hf = AutoTokenizer.from_pretrained(path)
-            except Exception as e:  # noqa: BLE001 - any load failure is the same user mistake
-                raise InputError(f"{path}: tokenizer does not load: {str(e).splitlines()[0] if str(e) else e!r}")
+            self.hf = load_tokenizer(path)
             self.sp = None
             self.unk_id = self.hf.unk_token_id
             self.vocab_size = len(self.hf)
