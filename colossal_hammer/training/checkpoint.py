@@ -8,10 +8,13 @@ SAVE_DIR/step-N/
   master/rank-R.safetensors  ZeRO's fp32 master shards (the Booster saves only the bf16/fp16 working
                        weights, from which a resumed run would re-derive rounded masters and drift)
   running_states.json  step, epoch, sampler state, data-parallel size, and the run's settings
+  files.json           every file above with its size, written last
 
 Every rank writes into SAVE_DIR/.tmp-step-N/ and rank 0 renames it to step-N only after all have
 finished, so a step-N folder is complete by construction; a run killed mid-save leaves a .tmp folder
-that `--resume auto` ignores. Nothing here is unpickled: JSON, safetensors, and the Booster's
+that `--resume auto` ignores. A step-N damaged afterwards (a truncated or deleted file, a copy that
+stopped halfway) is found by `checkpoint_problem` against files.json and the safetensors headers, and
+`--resume auto` falls back to the previous good one. Nothing here is unpickled: JSON, safetensors, and the Booster's
 optimizer files, which torch >= 2.6 loads with weights_only=True.
 """
 
@@ -32,6 +35,8 @@ from ..tokenizer.files import copy_tokenizer_files
 from . import faults
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+TMP_DIR = re.compile(r"^\.tmp-step-(\d+)$")
+FILES = "files.json"
 
 
 def complete_checkpoints(save_dir: str) -> list[str]:
@@ -42,9 +47,75 @@ def complete_checkpoints(save_dir: str) -> list[str]:
     return [os.path.join(save_dir, name) for _, name in sorted(found)]
 
 
-def latest_checkpoint(save_dir: str) -> Optional[str]:
-    found = complete_checkpoints(save_dir)
-    return found[-1] if found else None
+def our_folders(save_dir: str) -> list[str]:
+    """Names of the folders a run writes into save_dir (step-N and unfinished .tmp-step-N)."""
+    if not os.path.isdir(save_dir):
+        return []
+    return sorted(n for n in os.listdir(save_dir) if STEP_DIR.match(n) or TMP_DIR.match(n))
+
+
+def _safetensors_problem(path: str) -> Optional[str]:
+    """Is the file as long as its header says? (A truncated copy fails here before any tensor is read.)"""
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            if header_len <= 0 or 8 + header_len > size:
+                return "header cut off"
+            header = json.loads(f.read(header_len))
+    except (OSError, ValueError) as e:
+        return f"unreadable ({e})"
+    end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+    if size != 8 + header_len + end:
+        return f"{size} bytes, the header describes {8 + header_len + end}"
+    return None
+
+
+def checkpoint_problem(path: str) -> Optional[str]:
+    """Why the step-N folder at `path` cannot be resumed, or None if it is complete."""
+    try:
+        _read_json(os.path.join(path, "running_states.json"))
+    except (OSError, ValueError) as e:
+        return f"running_states.json unreadable ({e.__class__.__name__})"
+    listing = os.path.join(path, FILES)
+    if os.path.isfile(listing):
+        try:
+            expected = _read_json(listing)
+        except (OSError, ValueError):
+            return f"{FILES} unreadable"
+        for rel, size in expected.items():
+            file = os.path.join(path, rel)
+            if not os.path.isfile(file):
+                return f"{rel} is missing"
+            if os.path.getsize(file) != size:
+                return f"{rel} has {os.path.getsize(file)} bytes, {size} were written"
+    for sub in ("modeling", "optimizer"):
+        if not os.path.isdir(os.path.join(path, sub)) or not os.listdir(os.path.join(path, sub)):
+            return f"{sub}/ is missing or empty"
+    for root, _, names in os.walk(path):
+        for name in names:
+            if name.endswith(".safetensors") and (problem := _safetensors_problem(os.path.join(root, name))):
+                return f"{os.path.relpath(os.path.join(root, name), path)}: {problem}"
+    return None
+
+
+def newest_good_checkpoint(save_dir: str, report=print) -> Optional[str]:
+    """The newest step-N that is complete; each newer damaged one is reported and passed over."""
+    for path in reversed(complete_checkpoints(save_dir)):
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return path
+        report(f"warning: {path} cannot be resumed ({problem}); trying the previous checkpoint")
+    return None
+
+
+def _file_sizes(folder: str) -> dict:
+    sizes = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            sizes[os.path.relpath(path, folder)] = os.path.getsize(path)
+    return dict(sorted(sizes.items()))
 
 
 def rng_state() -> dict:
@@ -82,11 +153,13 @@ def _read_json(path: str):
 
 
 class Checkpointer:
-    def __init__(self, booster, save_dir: str, keep_last: int = 0, tokenizer_dir: Optional[str] = None):
+    def __init__(self, booster, save_dir: str, keep_last: int = 0, tokenizer_dir: Optional[str] = None,
+                 chat_template: Optional[str] = None):
         self.booster = booster
         self.save_dir = save_dir
         self.keep_last = keep_last
         self.tokenizer_dir = tokenizer_dir
+        self.chat_template = chat_template  # the template SFT data was rendered with, for inference to reuse
         self.rank = dist.get_rank()
 
     def save(self, step: int, model, optimizer, lr_scheduler, running_states: dict) -> str:
@@ -114,6 +187,7 @@ class Checkpointer:
                         {**running_states, "step": step, "world_size": dist.get_world_size()})
         dist.barrier()
         if self.rank == 0:
+            _write_json(os.path.join(tmp, FILES), _file_sizes(tmp))
             shutil.rmtree(final, ignore_errors=True)
             os.rename(tmp, final)
             self._prune()
@@ -127,6 +201,8 @@ class Checkpointer:
             config.save_pretrained(modeling_dir)
         if self.tokenizer_dir:
             copy_tokenizer_files(self.tokenizer_dir, modeling_dir)
+        if self.chat_template:
+            write_chat_template(modeling_dir, self.chat_template)
 
     def _prune(self) -> None:
         if self.keep_last > 0:
@@ -157,8 +233,27 @@ class Checkpointer:
         return states
 
 
+def write_chat_template(modeling_dir: str, template: str) -> None:
+    """Put the SFT data's chat template into tokenizer_config.json, unless the tokenizer has its own."""
+    path = os.path.join(modeling_dir, "tokenizer_config.json")
+    config = _read_json(path) if os.path.isfile(path) else {}
+    if not config.get("chat_template"):
+        config["chat_template"] = template
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(config, f, ensure_ascii=False, indent=2)
+
+
 def zero_master_params(optimizer) -> Optional[list]:
-    """This rank's fp32 master shards under ZeRO (LowLevelZero and hybrid ZeRO), else None."""
-    if not hasattr(optimizer, "master_to_working_param") or getattr(optimizer, "_dtype", None) == torch.float32:
+    """This rank's fp32 master parameters where they differ from the working weights the Booster saves.
+
+    Every optimizer that keeps masters says so through `get_master_to_working_map()` (LowLevelZero for
+    zero2 and 3d with ZeRO; the hybrid AMP optimizer for 3d with zero_stage 0 and tp/pp); fp32 training has
+    none worth saving, since the saved working weights are the masters."""
+    get_map = getattr(optimizer, "get_master_to_working_map", None)
+    mapping = get_map() if get_map is not None else None
+    if not mapping:
         return None
-    return [p for group in optimizer.optim.param_groups for p in group["params"]]
+    masters = [p for group in optimizer.optim.param_groups for p in group["params"]]
+    if all(mapping[id(p)].dtype == torch.float32 for p in masters if id(p) in mapping):
+        return None
+    return masters

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from typing import Optional, Tuple
 
@@ -28,6 +29,20 @@ def weights_source(cfg: TrainConfig) -> Tuple[Optional[str], Optional[str]]:
             raise SystemExit(f"error: --load_weights_only {cfg.load_weights_only}: neither a checkpoint nor an HF folder")
         return folder, None
     return cfg.pretrained, cfg.model_config
+
+
+def model_vocab_size(cfg: TrainConfig) -> int:
+    """The vocabulary the model will have, read from its config without building it."""
+    from ..model.build import load_config
+
+    weights_dir, model_config = weights_source(cfg)
+    if model_config is not None:
+        return load_config(model_config).vocab_size
+    try:
+        with open(os.path.join(weights_dir, "config.json"), encoding="utf-8") as f:
+            return int(json.load(f)["vocab_size"])
+    except (OSError, ValueError, KeyError) as e:
+        raise SystemExit(f"error: --pretrained {weights_dir}: no readable config.json with a vocab_size ({e})") from None
 
 
 def tokenizer_folder(weights_dir: Optional[str]) -> Optional[str]:

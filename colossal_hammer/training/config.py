@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -36,7 +37,8 @@ class TrainConfig:
     category_weights: Optional[str] = _f(None, "Sampling weights per category, e.g. 'english=0.5,体育=2'.")
     benchmark: bool = _f(False, "Train on random tokens (no dataset needed): for rehearsal and throughput figures.")
     num_samples: int = _f(500, "Number of random samples with --benchmark.")
-    max_length: int = _f(8192, "Sequence length: of random samples; longer dataset rows are refused.")
+    max_length: int = _f(8192, "Sequence length: of random samples; a dataset prepared with a larger --max_length is "
+                               "refused at start.")
     padding_mode: str = _f("longest", "Pad unpacked (SFT) rows to the batch's longest row or to --max_length.",
                            choices=("longest", "max_length"))
     # ---- parallelism ----
@@ -77,10 +79,15 @@ class TrainConfig:
     save_interval: int = _f(1000, "Save every N optimizer steps (0: only at the end).")
     keep_last: int = _f(0, "Keep only the newest K checkpoints (0 keeps all).")
     load_checkpoint: Optional[str] = _f(None, "Resume the full state (model, optimizer, schedule, data position, RNG) from a step-N folder.")
-    resume: Optional[str] = _f(None, "'auto': resume from the newest complete checkpoint in --save_dir, if any.",
+    resume: Optional[str] = _f(None, "'auto': resume from the newest complete checkpoint in --save_dir (a damaged "
+                                     "newer one is reported and passed over); start at step 0 if there is none.",
                                choices=("auto",))
+    overwrite_checkpoints: bool = _f(False, "Start a new run in a --save_dir (and --tensorboard_dir) that holds an "
+                                            "earlier run's checkpoints (and metrics): delete them first. Without it "
+                                            "such a run is refused, so two runs never mix.")
     # ---- output ----
-    tensorboard_dir: str = _f("logs_dir", "TensorBoard logs; metrics.jsonl and config.json are written here too.")
+    tensorboard_dir: Optional[str] = _f(None, "TensorBoard logs; metrics.jsonl and config.json are written here too. "
+                                              "Default: SAVE_DIR/logs, so each stage has its own.")
 
     def weights_by_category(self) -> dict:
         weights = {}
@@ -108,9 +115,22 @@ class TrainConfig:
             raise SystemExit("error: Gemini trains in fp16 or bf16 only; use --mixed_precision bf16")
         if self.plugin == "3d" and self.zero_stage > 0 and self.mixed_precision == "fp32":
             raise SystemExit("error: --plugin 3d with --zero_stage > 0 trains in fp16 or bf16 only; use --mixed_precision bf16")
-        for name in ("batch_size", "accumulation_steps", "num_epochs", "max_length", "microbatch_size"):
+        for name in ("batch_size", "accumulation_steps", "num_epochs", "microbatch_size", "max_bad_steps"):
             if getattr(self, name) < 1:
                 raise SystemExit(f"error: --{name} must be >= 1")
+        if self.max_length < 2:
+            raise SystemExit("error: --max_length must be >= 2 (a token and the next one to predict)")
+        for name in ("lr", "weight_decay", "grad_clip", "save_interval", "keep_last", "num_samples"):
+            if getattr(self, name) < 0:
+                raise SystemExit(f"error: --{name} must be >= 0 (got {getattr(self, name)})")
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise SystemExit("error: --warmup_steps must be >= 0")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise SystemExit("error: --max_steps must be >= 1")
+        if self.use_neft and self.neft_alpha <= 0:
+            raise SystemExit("error: --neft_alpha must be > 0 with --use_neft")
+        if self.tensorboard_dir is None:
+            self.tensorboard_dir = os.path.join(self.save_dir, "logs")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

@@ -1,12 +1,15 @@
 """Fault injection for tests of crash safety and the bad-step guard, off unless asked for.
 
-COLOSSAL_HAMMER_FAULTS="kill_mid_save@8,nan_loss@3" makes this process group die by SIGKILL halfway
-through writing the step-8 checkpoint, and makes the loss of this process's 3rd step attempt NaN. Real signals, real files:
-the tests then check what a user would find after such a crash.
+COLOSSAL_HAMMER_FAULTS="kill_mid_save@8,nan_loss@3,nan_grad@5" makes this process group die by SIGKILL
+halfway through writing the step-8 checkpoint, makes the loss of this process's 3rd step attempt NaN
+(and so its gradients), and gives the 5th attempt NaN gradients behind a finite loss. Real signals, real
+files, real NaNs through the plugin's backward: the tests then check what a user would find.
 """
 
 import os
 import signal
+
+import torch
 
 
 def _faults() -> set:
@@ -18,5 +21,22 @@ def kill_if(name: str, step: int) -> None:
         os.killpg(os.getpgrp(), signal.SIGKILL)
 
 
-def nan_loss(attempt: int) -> bool:
-    return f"nan_loss@{attempt}" in _faults()
+class _NaNGradient(torch.autograd.Function):
+    """Identity forward, NaN backward: a finite loss whose gradients are not."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * float("nan")
+
+
+def corrupt_loss(loss: torch.Tensor, attempt: int) -> torch.Tensor:
+    faults = _faults()
+    if f"nan_loss@{attempt}" in faults:
+        return loss * float("nan")
+    if f"nan_grad@{attempt}" in faults:
+        return _NaNGradient.apply(loss)
+    return loss

@@ -5,6 +5,10 @@ Plugins differ in three places only, all decided once in `plugins.layout_of`: ho
 that counts towards the data-parallel mean, and whether micro-steps may skip the gradient all-reduce.
 A run's position is (epoch, step, sampler state, RNG); a checkpoint holds all of it, so a resumed run
 continues exactly where the saved one stood.
+
+A step's loss is the mean over every label token of the step: all micro-steps, all data-parallel ranks.
+Each micro-batch's mean loss is weighted by its share of those tokens (times the data-parallel size the
+plugin divides gradients by), so 5 label tokens never weigh as much as 2,000.
 """
 
 from __future__ import annotations
@@ -21,10 +25,11 @@ import torch.distributed as dist
 from .. import compat
 from ..model.build import DTYPES
 from ..model.neftune import NEFTune
-from . import faults
-from .checkpoint import Checkpointer, latest_checkpoint
-from .components import (attention_implementation, make_data, make_model, make_optimizer, tokenizer_folder,
-                         weights_source)
+from ..data.packing import IGNORE_INDEX
+from . import faults, preflight, step_guard
+from .checkpoint import Checkpointer
+from .components import (attention_implementation, make_data, make_model, make_optimizer, model_vocab_size,
+                         tokenizer_folder, weights_source)
 from .config import TrainConfig
 from .metrics import MetricsLogger, flops_per_token, peak_tflops
 from .plugins import build_plugin, describe_plugin, layout_of
@@ -59,6 +64,7 @@ class Trainer:
         self.booster = Booster(plugin=self.plugin, mixed_precision=booster_precision)
         # Only DDP leaves clipping to us; the ZeRO, Gemini and hybrid optimizers clip with max_norm.
         self.clip_here = is_ddp and cfg.grad_clip > 0
+        start = preflight.agreed(lambda: preflight.before_start(cfg, model_vocab_size(cfg)))
 
         lazy = LazyInitContext(default_device=self.device) if isinstance(
             self.plugin, (GeminiPlugin, HybridParallelPlugin)) else None
@@ -66,6 +72,7 @@ class Trainer:
         self.num_params = sum(p.numel() for p in model.parameters())
         self.flops_per_token = flops_per_token(model.config, self.num_params, cfg.max_length)
         self.peak_tflops = peak_tflops(cfg.peak_tflops, self.device)
+        preflight.agreed(lambda: preflight.check_free_space(cfg.save_dir, self.num_params))
 
         self.dataset, self.sampler, self.dataloader = make_data(
             cfg, model.config.vocab_size, self.layout.dp_size, self.layout.dp_rank)
@@ -88,12 +95,15 @@ class Trainer:
         self.epoch = 0
         self.bad_steps = 0
         self.attempts = 0  # train_step calls in this process, skipped ones included
+        self.last_saved_step = None
         self.checkpointer = Checkpointer(self.booster, cfg.save_dir, cfg.keep_last,
-                                         tokenizer_folder(weights_source(cfg)[0]))
-        self.resumed_from = cfg.load_checkpoint or (latest_checkpoint(cfg.save_dir) if cfg.resume == "auto" else None)
+                                         tokenizer_folder(weights_source(cfg)[0]), start["chat_template"])
+        self.resumed_from = start["resume_from"]
         if self.resumed_from:
             self._restore(self.resumed_from)
-        self.metrics = MetricsLogger(cfg.tensorboard_dir, enabled=self.rank == 0)
+            self.last_saved_step = self.step
+        self.metrics = MetricsLogger(cfg.tensorboard_dir, enabled=self.rank == 0,
+                                     resumed_step=self.step if self.resumed_from else None)
         if self.rank == 0:
             self._write_run_files()
 
@@ -114,6 +124,7 @@ class Trainer:
 
     def save(self) -> str:
         path = self.checkpointer.save(self.step, self.model, self.optimizer, self.lr_scheduler, self._running_states())
+        self.last_saved_step = self.step
         if self.rank == 0:
             print(f"saved {path}", flush=True)
         return path
@@ -130,27 +141,35 @@ class Trainer:
             json.dump(run_info, f, indent=2)
 
     # ---- one step -----------------------------------------------------------------------------------
-    def _forward_backward(self, batch: dict, last_micro: bool) -> torch.Tensor | None:
-        accum = self.cfg.accumulation_steps
+    def _forward_backward(self, batch: dict, scale: float, last_micro: bool) -> torch.Tensor | None:
+        """Forward and backward of one micro-batch, its mean loss weighted by `scale` per label token."""
         if self.neftune:
             self.neftune.set_lengths(batch["attention_mask"].sum(1))
         if self.layout.pipeline:
-            out = self.booster.execute_pipeline(
-                iter([batch]), self.model, criterion=lambda outputs, inputs: outputs.loss / accum,
-                optimizer=self.optimizer, return_loss=True,
-            )
+            # The schedule divides each pipeline micro-batch's loss by their number; undo that, weight by tokens.
+            per_token = scale * (self.cfg.batch_size // self.cfg.microbatch_size)
+
+            def criterion(outputs, inputs):
+                loss = outputs.loss * (label_tokens(inputs["labels"]) * per_token)
+                return faults.corrupt_loss(loss, self.attempts)
+
+            out = self.booster.execute_pipeline(iter([batch]), self.model, criterion=criterion,
+                                                optimizer=self.optimizer, return_loss=True)
             return out["loss"].detach() if out["loss"] is not None else None
+        weight = label_tokens(batch["labels"]) * scale
+        if weight == 0:  # no label token: an all-ignored mean is NaN, so predict one token with weight 0
+            batch["labels"][0, -1] = batch["input_ids"][0, -1]
         skip_sync = not last_micro and self.layout.grad_accumulation == "no_sync"
         sync_ctx = self.booster.no_sync(self.model, self.optimizer) if skip_sync else nullcontext()
         amp_ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
         with sync_ctx:
             with amp_ctx:
-                loss = self.model(**batch).loss / accum
+                loss = faults.corrupt_loss(self.model(**batch).loss * weight, self.attempts)
             self.booster.backward(loss, self.optimizer)
         return loss.detach()
 
-    def _global_sum(self, *values: float) -> list[float]:
-        tensor = torch.tensor(values, dtype=torch.float64, device=self.device)
+    def _global_sum(self, *values) -> list[float]:
+        tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for v in values])
         dist.all_reduce(tensor)
         return tensor.tolist()
 
@@ -162,35 +181,42 @@ class Trainer:
         except StopIteration:
             return None
         start = time.perf_counter()
-        loss_sum, tokens, padding = None, 0, 0
+        self.attempts += 1
+        # Counted on the CPU batches: one all_reduce, no device sync. Tensor/pipeline replicas of one data
+        # shard saw the same tokens, so they count once.
+        replicas = dist.get_world_size() // self.layout.dp_size
+        labels = sum(label_tokens(b["labels"]) for b in batches)
+        real = sum(int(b["attention_mask"].sum()) for b in batches)
+        padding = sum(b["attention_mask"].numel() for b in batches) - real
+        labels_total, tokens_total, padding_total = (
+            v / replicas for v in self._global_sum(labels, real, padding))
+        scale = self.layout.dp_size / max(labels_total, 1.0)
+        loss_sum = None
         for micro, batch in enumerate(batches):
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            real = int(batch["attention_mask"].sum())
-            tokens += real
-            padding += batch["attention_mask"].numel() - real
-            loss = self._forward_backward(batch, last_micro=micro == len(batches) - 1)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+            loss = self._forward_backward(batch, scale, last_micro=micro == len(batches) - 1)
             if loss is not None:
                 loss_sum = loss if loss_sum is None else loss_sum + loss
         self.sampler.mark_consumed(cfg.batch_size * cfg.accumulation_steps)
-        # Mean over data-parallel replicas of what `loss_owner` ranks hold (pipeline: the last stage);
-        # tensor/pipeline replicas of one data shard saw the same tokens, so they count once.
-        replicas = dist.get_world_size() // self.layout.dp_size
-        owned = float(loss_sum) if (loss_sum is not None and self.layout.loss_owner) else 0.0
-        loss_total, tokens_total, padding_total = self._global_sum(owned, tokens / replicas, padding / replicas)
-        loss_value = loss_total / self.layout.dp_size
-        self.attempts += 1
-        if faults.nan_loss(self.attempts):
-            loss_value = float("nan")
-        grad_norm = self.optimizer.clip_grad_by_norm(cfg.grad_clip) if self.clip_here else None
-        skipped = not math.isfinite(loss_value) or (grad_norm is not None and not math.isfinite(float(grad_norm)))
+        # One all_reduce decides for every rank: the step's loss (held by `loss_owner` ranks, once per data
+        # shard) and whether any rank's loss or gradients are not finite.
+        owned = loss_sum if (loss_sum is not None and self.layout.loss_owner) else torch.zeros((), device=self.device)
+        grads_bad = ~step_guard.local_grads_finite(self.model, self.optimizer)
+        loss_value, bad = self._global_sum(owned, grads_bad)
+        skipped = bad > 0 or not math.isfinite(loss_value)
         lr = self.lr_scheduler.get_last_lr()[0]
+        grad_norm = None
+        if skipped:
+            step_guard.skip_step(self.optimizer)
+        else:
+            grad_norm = self.optimizer.clip_grad_by_norm(cfg.grad_clip) if self.clip_here else None
+            skipped = not step_guard.step_and_report(self.optimizer)  # an fp16 scaler may still skip on its own
+            if grad_norm is None:
+                grad_norm = self._grad_norm_from_optimizer()
         if skipped:
             self.bad_steps += 1
         else:
             self.bad_steps = 0
-            self.optimizer.step()
-            if grad_norm is None:
-                grad_norm = self._grad_norm_from_optimizer()
             self.lr_scheduler.step()
             self.step += 1
         self.optimizer.zero_grad()
@@ -198,7 +224,8 @@ class Trainer:
         tokens_per_second = tokens_total / elapsed
         record = {"step": self.step, "loss": loss_value, "lr": lr,
                   "grad_norm": float(grad_norm) if grad_norm is not None else float("nan"),
-                  "tokens": int(round(tokens_total)), "step_time": elapsed, "tokens_per_second": tokens_per_second,
+                  "tokens": int(round(tokens_total)), "label_tokens": int(round(labels_total)), "step_time": elapsed,
+                  "tokens_per_second": tokens_per_second,
                   "padding_fraction": padding_total / max(1.0, tokens_total + padding_total), "skipped": skipped}
         if self.peak_tflops:
             record["mfu"] = tokens_per_second * self.flops_per_token / (self.peak_tflops * 1e12 * dist.get_world_size())
@@ -237,7 +264,7 @@ class Trainer:
                 if cfg.save_interval > 0 and self.step % cfg.save_interval == 0:
                     self.save()
         bar.close()
-        if not os.path.isdir(os.path.join(cfg.save_dir, f"step-{self.step}")):
+        if self.last_saved_step != self.step:
             self.save()  # the final state, unless the last interval just saved it
         self.metrics.close()
         return history
@@ -250,6 +277,11 @@ class Trainer:
             path = self.save()
             raise SystemExit(f"error: {self.bad_steps} steps in a row had a NaN/inf loss or gradient; stopped. "
                              f"Last good state saved to {path}")
+
+
+def label_tokens(labels: torch.Tensor) -> int:
+    """Tokens the loss predicts: label positions after the first that are not ignored."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 def run(cfg: TrainConfig) -> list[dict]:

@@ -26,10 +26,29 @@ def peak_tflops(given: Optional[float], device) -> Optional[float]:
     return None
 
 
+def cut_back(path: str, step: int) -> list:
+    """The lines of metrics.jsonl written up to the checkpoint of `step`: records of steps <= step, but not the
+    skipped attempts logged after step was reached (a skipped attempt carries the step before it)."""
+    if not os.path.isfile(path):
+        return []
+    kept = []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut short by the crash
+                continue
+            if record["step"] < step or (record["step"] == step and not record.get("skipped")):
+                kept.append(line if line.endswith("\n") else line + "\n")
+    return kept
+
+
 class MetricsLogger:
     SCALARS = ("loss", "lr", "grad_norm", "tokens_per_second", "padding_fraction", "mfu")
 
-    def __init__(self, log_dir: str, enabled: bool = True):
+    def __init__(self, log_dir: str, enabled: bool = True, resumed_step: Optional[int] = None):
+        """A new run starts metrics.jsonl anew; a resumed one keeps the records up to its checkpoint's step, so
+        the steps between that checkpoint and a crash, which it trains again, appear once."""
         self.enabled = enabled
         self.writer = None
         self.file = None
@@ -39,8 +58,11 @@ class MetricsLogger:
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir)
-        # Appending keeps one history across resumed runs; each line carries its step.
-        self.file = open(os.path.join(log_dir, "metrics.jsonl"), "a", encoding="utf-8")
+        path = os.path.join(log_dir, "metrics.jsonl")
+        kept = cut_back(path, resumed_step) if resumed_step is not None else []
+        self.file = open(path, "w", encoding="utf-8")
+        self.file.writelines(kept)
+        self.file.flush()
 
     def log(self, record: dict) -> None:
         if not self.enabled:

@@ -1,0 +1,203 @@
+"""What train.py checks before it spends an hour: each problem one `error:` line with the flag and the fix.
+
+Rank 0 looks (at the file system, the datasets, the checkpoints) and every rank gets its answer, so ranks
+never disagree on a shared file system about which checkpoint to resume or whether to stop.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import uuid
+from typing import Callable, Optional
+
+import torch.distributed as dist
+
+from .checkpoint import checkpoint_problem, complete_checkpoints, newest_good_checkpoint, our_folders
+from .config import TrainConfig
+
+# Settings a checkpoint cannot be resumed across: the model it started from (which stage it is), and the
+# plugin layout that shaped its optimizer files. The data-parallel size may change (the sampler re-splits).
+STAGE_KEYS = ("pretrained", "model_config", "load_weights_only", "freeze_non_embeds_params")
+LAYOUT_KEYS = ("plugin", "tp", "pp", "sp", "sp_mode", "zero_stage", "mixed_precision", "optimizer")
+# Bytes per parameter of one checkpoint, at most: fp32 weights or bf16 weights + fp32 masters, two fp32 moments.
+CHECKPOINT_BYTES_PER_PARAM = 16
+
+
+def fail(message: str):
+    raise SystemExit(f"error: {message}")
+
+
+def agreed(fn: Callable):
+    """fn() on rank 0; its result, or its error line, reaches every rank (only rank 0 prints the error)."""
+    if not dist.is_initialized():
+        return fn()
+    payload = [None]
+    if dist.get_rank() == 0:
+        try:
+            payload = [("ok", fn())]
+        except SystemExit as e:
+            payload = [("error", str(e.code))]
+    dist.broadcast_object_list(payload, src=0)
+    kind, value = payload[0]
+    if kind == "error":
+        if dist.get_rank() == 0:
+            raise SystemExit(value)
+        raise SystemExit(2)
+    return value
+
+
+def check_writable(folder: str, flag: str) -> None:
+    """Create the folder and write a file in it now, not at the first save hours later."""
+    probe = os.path.join(folder, f".write-test-{uuid.uuid4().hex}")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        fail(f"{flag} {folder}: cannot write there ({e.strerror or e}); give a folder this user can write")
+
+
+def _describe_source(config: dict) -> str:
+    for key in ("load_weights_only", "pretrained", "model_config"):
+        if config.get(key):
+            frozen = ", embeddings only" if config.get("freeze_non_embeds_params") else ""
+            return f"--{key} {config[key]}{frozen}"
+    return "?"
+
+
+def check_same_run(path: str, cfg: TrainConfig) -> None:
+    """A checkpoint resumes only the stage and plugin layout that wrote it."""
+    with open(os.path.join(path, "running_states.json"), encoding="utf-8") as f:
+        saved = json.load(f).get("config", {})
+    current = json.loads(cfg.to_json())
+    if any(saved.get(k) != current.get(k) for k in STAGE_KEYS):
+        fail(f"{path} belongs to another stage (it started from {_describe_source(saved)}; this run starts from "
+             f"{_describe_source(current)}): give this stage its own --save_dir, or start it from those weights "
+             f"with --load_weights_only {path}")
+    changed = [k for k in LAYOUT_KEYS if saved.get(k) != current.get(k)]
+    if changed:
+        was = " ".join(f"--{k} {saved.get(k)}" for k in changed)
+        now = " ".join(f"--{k} {current.get(k)}" for k in changed)
+        fail(f"{path} was saved with {was}, this run has {now}: resume it with the same flags, or start a new "
+             f"stage from its weights with --load_weights_only {path} and a new --save_dir")
+
+
+def choose_start(cfg: TrainConfig) -> Optional[str]:
+    """The checkpoint this run resumes (None: step 0), after making sure save_dir holds no other run."""
+    save_dir = cfg.save_dir
+    if cfg.load_checkpoint:
+        problem = checkpoint_problem(cfg.load_checkpoint)
+        if problem:
+            fail(f"--load_checkpoint {cfg.load_checkpoint}: cannot be resumed ({problem})")
+        check_same_run(cfg.load_checkpoint, cfg)
+        return cfg.load_checkpoint
+    if cfg.resume == "auto":
+        if not complete_checkpoints(save_dir):
+            what = "does not exist" if not os.path.isdir(save_dir) else "holds no step-N checkpoint"
+            print(f"resume auto: {save_dir} {what}; starting from step 0", flush=True)
+            return None
+        path = newest_good_checkpoint(save_dir, report=lambda line: print(line, file=sys.stderr, flush=True))
+        if path is None:
+            fail(f"--resume auto: no checkpoint in {save_dir} can be resumed (each is listed above); remove them or "
+                 "give a new --save_dir")
+        check_same_run(path, cfg)
+        print(f"resume auto: resuming from {path}", flush=True)
+        return path
+    found = our_folders(save_dir)
+    if found and not cfg.overwrite_checkpoints:
+        fail(f"--save_dir {save_dir} already holds checkpoints of an earlier run ({', '.join(found[:4])}"
+             f"{' ...' if len(found) > 4 else ''}): continue it with --resume auto, give a new --save_dir, or "
+             "pass --overwrite_checkpoints to delete them")
+    for name in found:
+        shutil.rmtree(os.path.join(save_dir, name))
+    if found:
+        print(f"--overwrite_checkpoints: deleted {len(found)} checkpoint folder(s) in {save_dir}", flush=True)
+    return None
+
+
+def check_metrics_file(cfg: TrainConfig, resumed: bool) -> None:
+    metrics = os.path.join(cfg.tensorboard_dir, "metrics.jsonl")
+    if resumed or cfg.resume == "auto" or cfg.overwrite_checkpoints:
+        return  # a resumed run cuts the file back to its checkpoint; an overwrite starts it anew
+    if os.path.isfile(metrics) and os.path.getsize(metrics) > 0:
+        fail(f"--tensorboard_dir {cfg.tensorboard_dir} already holds metrics.jsonl of an earlier run: give a new "
+             "--tensorboard_dir, continue that run with --resume auto, or pass --overwrite_checkpoints")
+
+
+def _manifests(cfg: TrainConfig) -> list:
+    found = []
+    for root in cfg.dataset or []:
+        path = os.path.join(root, "manifest.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                found.append((root, json.load(f)))
+        except FileNotFoundError:
+            fail(f"--dataset {root}: not a prepared dataset (no manifest.json); make it with prepare_*_dataset.py")
+        except (OSError, ValueError) as e:
+            fail(f"{path}: unreadable ({e})")
+    return found
+
+
+def _max_token_id(root: str, manifest: dict) -> int:
+    """The largest input id in a prepared dataset, read column-wise from its Arrow files."""
+    import pyarrow.compute as pc
+    from datasets import load_from_disk
+
+    largest = -1
+    for figures in manifest["categories"].values():
+        for k in range(len(figures["bins"])):
+            table = load_from_disk(os.path.join(root, figures["dirname"], f"bin-{k:05d}")).data.table
+            if table.num_rows:
+                value = pc.max(pc.list_flatten(table.column("input_ids"))).as_py()
+                largest = max(largest, -1 if value is None else value)
+    return largest
+
+
+def check_datasets(cfg: TrainConfig, vocab_size: int) -> None:
+    """Rows fit --max_length, category weights name real categories, token ids fit the model's vocabulary."""
+    categories = set()
+    for root, manifest in _manifests(cfg):
+        prepared = manifest.get("settings", {}).get("max_length")
+        if prepared is not None and prepared > cfg.max_length:
+            fail(f"--dataset {root}: rows are up to {prepared} tokens long (prepared with --max_length {prepared}) "
+                 f"but --max_length is {cfg.max_length}: train with --max_length {prepared}, or prepare the data "
+                 f"again with --max_length {cfg.max_length}")
+        categories.update(manifest.get("categories", {}))
+        largest = _max_token_id(root, manifest)
+        if largest >= vocab_size:
+            fail(f"--dataset {root}: token id {largest} is outside the model's vocabulary of {vocab_size}: train "
+                 "the model the dataset's tokenizer was extended for (init_embeddings), or prepare the data with "
+                 "this model's tokenizer")
+    unknown = sorted(set(cfg.weights_by_category()) - categories)
+    if cfg.dataset and unknown:
+        fail(f"--category_weights: no category {', '.join(map(repr, unknown))} in the datasets; they have: "
+             f"{', '.join(sorted(categories))}")
+
+
+def check_free_space(save_dir: str, num_params: int) -> None:
+    need = num_params * CHECKPOINT_BYTES_PER_PARAM
+    free = shutil.disk_usage(save_dir).free
+    if free < need:
+        fail(f"--save_dir {save_dir}: {free / 2**30:.1f} GiB free, one checkpoint of {num_params:,} parameters "
+             f"needs up to {need / 2**30:.1f} GiB: free space or choose another --save_dir")
+
+
+def dataset_chat_template(cfg: TrainConfig) -> Optional[str]:
+    """The chat template SFT data was rendered with (prepare_sft_dataset.py records it), if any."""
+    templates = {m.get("chat_template") for _, m in _manifests(cfg)} - {None}
+    return templates.pop() if len(templates) == 1 else None
+
+
+def before_start(cfg: TrainConfig, vocab_size: int) -> dict:
+    """Every check that needs no model; returns what the run starts from."""
+    check_writable(cfg.save_dir, "--save_dir")
+    check_writable(cfg.tensorboard_dir, "--tensorboard_dir")
+    if cfg.dataset:
+        check_datasets(cfg, vocab_size)
+    start = choose_start(cfg)
+    check_metrics_file(cfg, resumed=start is not None)
+    return {"resume_from": start, "chat_template": dataset_chat_template(cfg) if cfg.dataset else None}
