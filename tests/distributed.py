@@ -19,8 +19,9 @@ def launch(args, log_dir: Path, nproc: int = 2, timeout: int = 600, env: dict = 
     In a session of its own: injected faults SIGKILL their whole process group, which must not be ours."""
     # Each run its own save_dir unless the test gives one (a later --save_dir wins): a save_dir holding
     # another run's checkpoints is refused.
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-           str(TRAIN), "--save_dir", str(log_dir) + "-ckpt", *map(str, args), "--tensorboard_dir", str(log_dir)]
+    # One process runs without a launcher (train.py sets up a world of one), as `python train.py` does for a user.
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    cmd = [*(launcher if nproc > 1 else [sys.executable]), str(TRAIN), "--save_dir", str(log_dir) + "-ckpt", *map(str, args), "--tensorboard_dir", str(log_dir)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     log_dir.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.run(cmd, cwd=log_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,

@@ -7,8 +7,22 @@ from .config import parse_config
 from .loop import run
 
 
+def single_process_defaults() -> None:
+    """`python train.py ...` without a launcher is a one-process run: give it what torchrun would."""
+    if "RANK" in os.environ:
+        return
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    os.environ.update(RANK="0", LOCAL_RANK="0", WORLD_SIZE="1", LOCAL_WORLD_SIZE="1", MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+
+
 def main() -> None:
     """A refused run ends with one `error:` line (printed by rank 0 only, not once per process) and status 2."""
+    single_process_defaults()
     try:
         run(parse_config())
     except SystemExit as e:

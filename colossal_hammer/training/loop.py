@@ -202,7 +202,8 @@ class Trainer:
         # shard) and whether any rank's loss or gradients are not finite.
         owned = loss_sum if (loss_sum is not None and self.layout.loss_owner) else torch.zeros((), device=self.device)
         grads_bad = ~step_guard.local_grads_finite(self.model, self.optimizer)
-        loss_value, bad = self._global_sum(owned, grads_bad)
+        loss_total, bad = self._global_sum(owned, grads_bad)
+        loss_value = loss_total / self.layout.dp_size  # each rank's share carried the dp factor of the gradient mean
         skipped = bad > 0 or not math.isfinite(loss_value)
         lr = self.lr_scheduler.get_last_lr()[0]
         grad_norm = None

@@ -194,10 +194,10 @@ def dataset_chat_template(cfg: TrainConfig) -> Optional[str]:
 
 def before_start(cfg: TrainConfig, vocab_size: int) -> dict:
     """Every check that needs no model; returns what the run starts from."""
-    check_writable(cfg.save_dir, "--save_dir")
-    check_writable(cfg.tensorboard_dir, "--tensorboard_dir")
     if cfg.dataset:
         check_datasets(cfg, vocab_size)
-    start = choose_start(cfg)
+    start = choose_start(cfg)  # first: it tells a save_dir that does not exist from one that is empty
+    check_writable(cfg.save_dir, "--save_dir")
+    check_writable(cfg.tensorboard_dir, "--tensorboard_dir")
     check_metrics_file(cfg, resumed=start is not None)
     return {"resume_from": start, "chat_template": dataset_chat_template(cfg) if cfg.dataset else None}

@@ -1,0 +1,143 @@
+"""train.py under bad input and faults, as a user meets them: one `error:` line, exit 2, nothing of an
+earlier run changed; or, where the issue asks for it, a fallback that says what it did."""
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+from tests.distributed import TINY, launch, train
+
+RUN = TINY + ["--num_samples", "32", "--plugin", "ddp", "--mixed_precision", "fp32", "--max_steps", "4",
+              "--save_interval", "2"]
+
+
+def tree_hash(folder):
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+def error_lines(proc):
+    return [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory):
+    """A finished run with checkpoints step-2 and step-4 (copied by each test that changes it)."""
+    base = tmp_path_factory.mktemp("earlier")
+    train(RUN + ["--save_dir", base / "ckpt"], base / "logs")
+    return base / "ckpt"
+
+
+def copy_of(earlier_run, tmp_path):
+    shutil.copytree(earlier_run, tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def test_a_second_run_into_the_same_save_dir_is_refused(earlier_run, tmp_path):
+    save_dir = copy_of(earlier_run, tmp_path)
+    before = tree_hash(save_dir)
+    proc = launch(RUN + ["--save_dir", save_dir, "--seed", "7"], tmp_path / "logs", nproc=1)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert "already holds checkpoints of an earlier run (step-2, step-4)" in error_lines(proc)[0]
+    assert "Traceback" not in proc.stdout
+    assert tree_hash(save_dir) == before
+    # asked for explicitly, the old checkpoints go and the new run's own final checkpoint is written
+    again = train(RUN + ["--save_dir", save_dir, "--seed", "7", "--overwrite_checkpoints"], tmp_path / "logs2", nproc=1)
+    assert json.loads((save_dir / "step-4" / "running_states.json").read_text())["config"]["seed"] == 7
+    assert again["records"][-1]["step"] == 4
+
+
+@pytest.mark.parametrize("damage", ["truncate_weights", "drop_optimizer"])
+def test_resume_auto_passes_over_a_damaged_newest_checkpoint(damage, earlier_run, tmp_path):
+    save_dir = copy_of(earlier_run, tmp_path)
+    if damage == "truncate_weights":
+        weights = next((save_dir / "step-4" / "modeling").glob("*.safetensors"))
+        weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    else:
+        shutil.rmtree(save_dir / "step-4" / "optimizer")
+    run = train(RUN + ["--save_dir", save_dir, "--resume", "auto", "--max_steps", "6"], tmp_path / "logs", nproc=1)
+    assert f"warning: {save_dir / 'step-4'} cannot be resumed" in run["output"]
+    assert run["info"]["resumed_from"] == str(save_dir / "step-2")
+    assert [r["step"] for r in run["records"]] == [3, 4, 5, 6]
+
+
+def test_resume_auto_says_what_it_found(tmp_path):
+    run = train(RUN + ["--save_dir", tmp_path / "typo", "--resume", "auto", "--max_steps", "1"], tmp_path / "logs",
+                nproc=1)
+    assert f"resume auto: {tmp_path / 'typo'} does not exist; starting from step 0" in run["output"]
+
+
+def test_metrics_after_a_crash_and_resume_list_each_step_once(tmp_path):
+    flags = RUN + ["--max_steps", "6", "--save_dir", tmp_path / "ckpt"]
+    crashed = launch(flags, tmp_path / "logs", env={"COLOSSAL_HAMMER_FAULTS": "kill_mid_save@6"}, nproc=1)
+    assert crashed.returncode != 0
+    written = [json.loads(x)["step"] for x in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert written == [1, 2, 3, 4, 5, 6]
+    resumed = train(flags + ["--resume", "auto"], tmp_path / "logs", nproc=1)
+    assert [r["step"] for r in resumed["records"]] == [1, 2, 3, 4, 5, 6]
+
+
+def stage_two(save_dir):
+    return ["--load_weights_only", save_dir / "step-4", "--benchmark", "--num_samples", "32", "--max_length", "64",
+            "--plugin", "ddp", "--mixed_precision", "fp32", "--max_steps", "2"]
+
+
+CASES = {
+    # name: (extra flags or a function of the earlier run's save_dir, expected words in the error line)
+    "negative lr": (["--lr", "-1"], "--lr must be >= 0"),
+    "max_length 1": (["--max_length", "1", "--plugin", "gemini", "--mixed_precision", "bf16"], "--max_length must be >= 2"),
+    "stage 2 resumes stage 1": (lambda d: stage_two(d) + ["--save_dir", d, "--resume", "auto"],
+                                "belongs to another stage"),
+    "ddp checkpoint resumed under gemini": (lambda d: RUN + ["--plugin", "gemini", "--mixed_precision", "bf16",
+                                                       "--save_dir", d, "--resume", "auto"],
+                                      "was saved with --plugin ddp --mixed_precision fp32"),
+    "save_dir under a file": (lambda d: RUN + ["--save_dir", d / "step-2" / "running_states.json" / "x"],
+                              "cannot write there"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_refused_with_one_line(name, earlier_run, tmp_path):
+    save_dir = copy_of(earlier_run, tmp_path)
+    before = tree_hash(save_dir)
+    flags, words = CASES[name]
+    argv = flags(save_dir) if callable(flags) else RUN + flags + ["--save_dir", tmp_path / "new"]
+    proc = launch(argv, tmp_path / "logs", nproc=1)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1 and words in lines[0], proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout.split("error:")[0]
+    assert tree_hash(save_dir) == before
+
+
+@pytest.fixture(scope="module")
+def sft_data(tokenizer_dir, tmp_path_factory):
+    from tests.training.sft_data import tiny_model, uneven_sft_dataset
+
+    base = tmp_path_factory.mktemp("data")
+    return uneven_sft_dataset(tokenizer_dir, base / "sft", samples=8), tiny_model(tokenizer_dir, base / "model")
+
+
+DATA_CASES = {
+    "rows longer than --max_length": (["--max_length", "64"], "rows are up to 192 tokens long"),
+    "unknown category weight": (["--category_weights", "qa=1,nope=2"], "no category 'nope' in the datasets"),
+    "vocabulary smaller than the data's ids": (["--model_config", "tiny"], "outside the model's vocabulary of 512"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(DATA_CASES))
+def test_dataset_mismatch_refused_at_start(name, sft_data, tmp_path):
+    data, model = sft_data
+    flags, words = DATA_CASES[name]
+    source = [] if "--model_config" in flags else ["--pretrained", model]
+    argv = [*source, "--dataset", data, "--plugin", "ddp", "--max_length", "192", "--max_steps", "1", *flags,
+            "--save_dir", tmp_path / "ckpt"]
+    proc = launch(argv, tmp_path / "logs", nproc=1)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1 and words in lines[0], proc.stdout[-3000:]
+    assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
