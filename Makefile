@@ -34,4 +34,4 @@ bench: setup
 	$(BIN)/python bench/prepare_throughput.py
 
 clean:
-	rm -rf $(VENV) logs_dir demo_output .pytest_cache
+	rm -rf $(VENV) logs_dir checkpoint_dir demo_output .pytest_cache

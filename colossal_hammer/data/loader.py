@@ -14,6 +14,7 @@ import os
 import random
 from typing import Dict, Iterator, List, Optional, Sequence
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
@@ -67,9 +68,15 @@ class BucketSampler(Sampler[int]):
         self.weights = dict(category_weights or {})
         self.epoch = 0
         self.consumed = 0  # samples consumed in this epoch, over all replicas
+        self._order = (None, None)  # (epoch, order as int64): built once per epoch, 8 bytes a sample
 
-    def global_order(self, epoch: int) -> List[int]:
+    def global_order(self, epoch: int) -> np.ndarray:
         """The epoch's sample order, the same on every rank and for every number of replicas."""
+        if self._order[0] != epoch:
+            self._order = (epoch, np.asarray(self._build_order(epoch), dtype=np.int64))
+        return self._order[1]
+
+    def _build_order(self, epoch: int) -> List[int]:
         order = []
         for k in range(self.dataset.num_buckets):
             rng = random.Random(f"{self.seed}:{epoch}:{k}")
@@ -84,12 +91,12 @@ class BucketSampler(Sampler[int]):
             order.extend(bucket)
         return order
 
-    def _remaining(self) -> List[int]:
+    def _remaining(self) -> np.ndarray:
         order = self.global_order(self.epoch)[self.consumed:]
         return order[: len(order) // self.num_replicas * self.num_replicas]
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self._remaining()[self.rank :: self.num_replicas])
+        return iter(self._remaining()[self.rank :: self.num_replicas].tolist())
 
     def __len__(self) -> int:
         return len(self._remaining()) // self.num_replicas
@@ -108,8 +115,9 @@ class BucketSampler(Sampler[int]):
 
     def load_state_dict(self, state: dict) -> None:
         if state["seed"] != self.seed or state.get("weights", {}) != self.weights:
-            raise ValueError(f"sampler state was saved with seed {state['seed']} and weights {state.get('weights')}; "
-                             f"this run has seed {self.seed} and weights {self.weights}")
+            raise InputError(f"the checkpoint's data order was made with --seed {state['seed']} and category "
+                             f"weights {state.get('weights')}; this run has --seed {self.seed} and {self.weights}: "
+                             "resume with the same --seed and --category_weights")
         # `consumed` counts samples over all replicas and the order does not depend on the replica count,
         # so a different data-parallel size re-splits exactly what is left.
         self.epoch, self.consumed = state["epoch"], state["consumed"]

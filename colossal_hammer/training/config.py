@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import json
 import os
+import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -60,7 +61,8 @@ class TrainConfig:
     # ---- optimisation ----
     optimizer: str = _f("hybrid_adam", "HybridAdam (Colossal-AI, required by Gemini) or torch AdamW.", choices=("hybrid_adam", "adamw"))
     lr: float = _f(3e-4, "Peak learning rate.")
-    weight_decay: float = _f(0.1, "AdamW weight decay; never applied to norms, biases or embeddings' norms.")
+    weight_decay: float = _f(0.1, "AdamW weight decay on matrices (embeddings and lm_head included); never on "
+                                  "1-D tensors (norms, biases).")
     warmup_steps: Optional[int] = _f(None, "Linear warmup steps; default 2.5%% of the optimizer steps.")
     grad_clip: float = _f(1.0, "Clip the global gradient norm to this value (0 disables).")
     batch_size: int = _f(2, "Samples per data-parallel rank per micro-step.")
@@ -138,17 +140,19 @@ class TrainConfig:
 
 def build_parser(cls=TrainConfig, description: str = "") -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
         meta = dict(f.metadata)
         flag = f"--{f.name}"
-        if f.type == "bool":
+        kind = hints[f.name]
+        if typing.get_origin(kind) is typing.Union:  # Optional[X] -> X
+            kind = next(a for a in typing.get_args(kind) if a is not type(None))
+        if kind is bool:
             parser.add_argument(flag, action="store_true", default=f.default, help=meta["help"])
-            continue
-        if f.type == "Optional[List[str]]":
+        elif typing.get_origin(kind) is list:
             parser.add_argument(flag, nargs="+", default=f.default, help=meta["help"])
-            continue
-        kind = {"int": int, "float": float, "str": str}[f.type.removeprefix("Optional[").rstrip("]")]
-        parser.add_argument(flag, type=kind, default=f.default, help=meta["help"], choices=meta.get("choices"))
+        else:
+            parser.add_argument(flag, type=kind, default=f.default, help=meta["help"], choices=meta.get("choices"))
     return parser
 
 

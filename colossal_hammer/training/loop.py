@@ -26,6 +26,7 @@ from .. import compat
 from ..model.build import DTYPES
 from ..model.neftune import NEFTune
 from ..data.packing import IGNORE_INDEX
+from ..errors import InputError
 from . import faults, preflight, step_guard
 from .checkpoint import Checkpointer
 from .components import (attention_implementation, make_data, make_model, make_optimizer, model_vocab_size,
@@ -115,7 +116,10 @@ class Trainer:
     def _restore(self, path: str) -> None:
         states = self.checkpointer.load(path, self.model, self.optimizer, self.lr_scheduler)
         self.step, self.epoch = states["step"], states["epoch"]
-        self.sampler.load_state_dict(states["sampler"])
+        try:
+            self.sampler.load_state_dict(states["sampler"])
+        except InputError as e:
+            raise SystemExit(f"error: {path}: {e}") from None
         if self.rank == 0:
             note = "" if states["data_parallel_size"] == self.layout.dp_size else (
                 f" (data-parallel size {states['data_parallel_size']} -> {self.layout.dp_size}: the remaining "
