@@ -1,5 +1,11 @@
 """Packed rows attend within documents: a packed row's loss is its documents' loss run one by one."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,6 +19,7 @@ from colossal_hammer.model.doc_attention import DocumentAttention, attention_pai
 from colossal_hammer.training.metrics import attended_length, flops_per_token, training_flops
 
 VOCAB = 97
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -180,3 +187,83 @@ def test_attention_flops_count_documents():
     tokens = 15
     assert training_flops(config, 1000, tokens, attention_pairs(position_ids, attention_mask)) == pytest.approx(
         tokens * flops_per_token(config, 1000, attended_length(position_ids, attention_mask)))
+
+
+# ---- under Colossal-AI's shardformer: 2 real processes, one forward of a fixed packed batch -------------
+WORKER = Path(__file__).with_name("doc_attention_worker.py")
+# A tiny Llama whose loss moves by ~2 % when documents see each other (initializer_range 0.2).
+PLUGIN_MODEL = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                    num_key_value_heads=2, vocab_size=512, max_position_embeddings=256, initializer_range=0.2)
+
+
+@pytest.fixture(scope="module")
+def plugin_model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model") / "config.json"
+    path.write_text(json.dumps(PLUGIN_MODEL))
+    return path
+
+
+def run_worker(tmp_path, rows, flags):
+    out = tmp_path / "losses.json"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(WORKER),
+           str(out), rows, *flags]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          timeout=600, start_new_session=True)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    return json.loads(out.read_text())
+
+
+def reference_losses(config_path, rows):
+    """In one process, plain HF: (masked token mean, masked mean of row means, causal unmasked, bidirectional)."""
+    from colossal_hammer.model.build import build_model
+    from tests.model.doc_attention_worker import packed_batch
+
+    model = build_model(None, str(config_path), 42).eval()
+    batch = packed_batch(PLUGIN_MODEL["vocab_size"], rows)
+    masked = loss_of(model, batch, DocumentAttention("mask"))
+    row_means = [loss_of(model, {k: v[i : i + 1] for k, v in batch.items()}, DocumentAttention("mask")) for i in range(2)]
+    s = batch["input_ids"].shape[1]
+    everything = {**batch, "attention_mask": torch.ones(2, 1, s, s, dtype=torch.bool)}
+    return masked, sum(row_means) / 2, loss_of(model, batch), loss_of(model, everything)
+
+
+def close(a, b, rel=1e-5):
+    return abs(a - b) <= rel * abs(b)
+
+
+def test_3d_tp2_keeps_the_document_mask(plugin_model, tmp_path):
+    """tp=2: HF's attention under the shardformer's LlamaModel forward takes the bool 4-D mask as it is."""
+    masked, _, unmasked, _ = reference_losses(plugin_model, "padded")
+    assert not close(unmasked, masked, 1e-2)
+    got = run_worker(tmp_path, "padded", ["--model_config", plugin_model, "--plugin", "3d", "--tp", "2",
+                                          "--mixed_precision", "fp32"])
+    assert got["owners"] == [True, False]
+    assert close(got["losses"][0], masked), (got, masked)
+    assert close(got["losses"][1], masked), (got, masked)  # tp ranks compute the same loss
+
+
+@pytest.mark.slow
+def test_3d_pp2_keeps_the_document_mask(plugin_model, tmp_path):
+    """pp=2: each stage builds the mask from its micro-batch's position ids (micro-batch 1: mean of row means)."""
+    _, row_means, _, _ = reference_losses(plugin_model, "padded")
+    got = run_worker(tmp_path, "padded", ["--model_config", plugin_model, "--plugin", "3d", "--pp", "2",
+                                          "--batch_size", "2", "--microbatch_size", "1", "--mixed_precision", "fp32"])
+    assert got["owners"] == [False, True] and got["losses"][0] is None
+    assert close(got["losses"][1], row_means), (got, row_means)
+
+
+@pytest.mark.slow
+def test_3d_sp_all_to_all_is_causal_and_per_document(plugin_model, tmp_path):
+    """sp all_to_all replaces HF's attention by Colossal-AI's, which adds the mask to the scores: it gets
+    the additive form. Rows without padding: left to itself it would attend to every token, future ones
+    included (HF drops an all-ones 2-D mask for SDPA's is_causal, which that forward never sets)."""
+    masked, _, causal, bidirectional = reference_losses(plugin_model, "full")
+    got = run_worker(tmp_path, "full", ["--model_config", plugin_model, "--plugin", "3d", "--sp", "2",
+                                        "--enable_sequence_parallelism", "--sp_mode", "all_to_all",
+                                        "--mixed_precision", "fp32"])
+    # The last sp rank's loss: with gathered logits (parallel_output=False) Colossal-AI 0.5.0's
+    # dist_cross_entropy shifts labels on the last sp rank only, so rank 0 scores unshifted labels.
+    last = got["losses"][1]
+    assert close(last, masked), (got, masked)
+    assert not close(last, causal, 1e-3) and not close(last, bidirectional, 1e-3)
