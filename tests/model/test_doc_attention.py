@@ -189,6 +189,27 @@ def test_attention_flops_count_documents():
         tokens * flops_per_token(config, 1000, attended_length(position_ids, attention_mask)))
 
 
+
+def test_each_plugin_gets_the_form_its_attention_takes(monkeypatch):
+    from colossal_hammer.training import components
+    from colossal_hammer.training.config import TrainConfig
+
+    def spec(**kw):
+        return components.document_attention(TrainConfig(model_config="tiny", benchmark=True, **kw))
+
+    for plugin in ("ddp", "zero2", "zero2_cpu", "gemini", "3d"):
+        assert spec(plugin=plugin) == DocumentAttention("mask")
+    assert spec(plugin="ddp", use_flash_attn=True) == DocumentAttention("mask")  # no GPU here: SDPA
+    assert spec(plugin="3d", tp=2, pp=2) == DocumentAttention("mask")
+    assert spec(plugin="3d", sp=2, enable_sequence_parallelism=True, sp_mode="all_to_all") == DocumentAttention(
+        "mask", additive=True)
+    assert spec(plugin="3d", use_flash_attn=True) == DocumentAttention("continuous")
+    monkeypatch.setattr(components, "attention_implementation", lambda cfg: "flash_attention_2")
+    assert spec(plugin="zero2", use_flash_attn=True) == DocumentAttention("varlen")
+    assert spec(plugin="3d", tp=2, use_flash_attn=True) == DocumentAttention("continuous")
+    assert not DocumentAttention("continuous").within_documents and DocumentAttention("varlen").within_documents
+
+
 # ---- under Colossal-AI's shardformer: 2 real processes, one forward of a fixed packed batch -------------
 WORKER = Path(__file__).with_name("doc_attention_worker.py")
 # A tiny Llama whose loss moves by ~2 % when documents see each other (initializer_range 0.2).
