@@ -146,9 +146,11 @@ def test_mask_blocks_and_padding():
     assert torch.equal(additive == 0, mask)
     assert (additive[~mask] == torch.finfo(torch.bfloat16).min).all()
     # On a GPU, HF's SDPA path passes the mask through _unmask_unattended: it must come out unchanged.
-    for dtype in (torch.float32, torch.bfloat16):
+    # (Under CUDA autocast over fp32 weights the mask is bf16 and HF compares it with fp32's minimum.)
+    for dtype, hf_dtype in ((torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                            (torch.bfloat16, torch.float32)):
         m = document_mask(position_ids, attention_mask, dtype)
-        assert torch.equal(AttentionMaskConverter._unmask_unattended(m.clone(), torch.finfo(dtype).min), m)
+        assert torch.equal(AttentionMaskConverter._unmask_unattended(m.clone(), torch.finfo(hf_dtype).min), m)
 
 
 def test_varlen_and_continuous_modes_rewrite_the_call(model):
@@ -274,17 +276,26 @@ def test_3d_pp2_keeps_the_document_mask(plugin_model, tmp_path):
     assert close(got["losses"][1], row_means), (got, row_means)
 
 
-@pytest.mark.slow
-def test_3d_sp_all_to_all_is_causal_and_per_document(plugin_model, tmp_path):
-    """sp all_to_all replaces HF's attention by Colossal-AI's, which adds the mask to the scores: it gets
-    the additive form. Rows without padding: left to itself it would attend to every token, future ones
-    included (HF drops an all-ones 2-D mask for SDPA's is_causal, which that forward never sets)."""
-    masked, _, causal, bidirectional = reference_losses(plugin_model, "full")
-    got = run_worker(tmp_path, "full", ["--model_config", plugin_model, "--plugin", "3d", "--sp", "2",
-                                        "--enable_sequence_parallelism", "--sp_mode", "all_to_all",
-                                        "--mixed_precision", "fp32"])
+SP_MODES = {
     # The last sp rank's loss: with gathered logits (parallel_output=False) Colossal-AI 0.5.0's
-    # dist_cross_entropy shifts labels on the last sp rank only, so rank 0 scores unshifted labels.
-    last = got["losses"][1]
-    assert close(last, masked), (got, masked)
-    assert not close(last, causal, 1e-3) and not close(last, bidirectional, 1e-3)
+    # dist_cross_entropy shifts labels on the last sp rank only under all_to_all, so rank 0 scores
+    # unshifted labels (its loss is checked nowhere here).
+    "all_to_all": (["--sp", "2", "--sp_mode", "all_to_all"], [1]),
+    "split_gather": (["--tp", "2", "--sp", "2", "--sp_mode", "split_gather"], [0, 1]),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", sorted(SP_MODES))
+def test_3d_sequence_parallel_is_causal_and_per_document(plugin_model, tmp_path, mode):
+    """Sequence parallelism replaces HF's attention by Colossal-AI's, which adds the mask to the scores: it
+    gets the additive form. Rows without padding: left to itself it would attend to every token, future
+    ones included (HF drops an all-ones 2-D mask for SDPA's is_causal, which that forward never sets)."""
+    masked, _, causal, bidirectional = reference_losses(plugin_model, "full")
+    flags, ranks = SP_MODES[mode]
+    got = run_worker(tmp_path, "full", ["--model_config", plugin_model, "--plugin", "3d", *flags,
+                                        "--enable_sequence_parallelism", "--mixed_precision", "fp32"])
+    for rank in ranks:
+        loss = got["losses"][rank]
+        assert close(loss, masked), (got, masked)
+        assert not close(loss, causal, 1e-3) and not close(loss, bidirectional, 1e-3)
