@@ -9,6 +9,7 @@ never by counting what a prefetching DataLoader has pulled, so its state is exac
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import os
 import random
@@ -125,7 +126,13 @@ class BucketSampler(Sampler[int]):
 
 class PackedCollator:
     """Rows → tensors. Attention mask from each row's real length (never from `input_ids != pad`,
-    which would mask every EOS when pad = EOS); position ids restart at each document piece."""
+    which would mask every EOS when pad = EOS); position ids restart at each document piece, which is
+    all the model needs to attend within documents (model/doc_attention.py builds the mask from them).
+
+    The label of every piece's first token is IGNORE_INDEX: its only predictor is the last token of the
+    previous document, which a document-masked model cannot see and a model run on one document at a
+    time never predicts from. (The row's first label is never predicted either; masking it too makes
+    `labels != IGNORE_INDEX` count exactly the predicted tokens.)"""
 
     def __init__(self, pad_id: int, max_length: Optional[int] = None):
         self.pad_id = pad_id
@@ -141,8 +148,10 @@ class PackedCollator:
             if n > width:
                 raise ValueError(f"row of {n} tokens is longer than max_length {width}")
             real = n - r["num_padding"]
-            batch["input_ids"][i, :n] = torch.tensor(r["input_ids"])
-            batch["labels"][i, :n] = torch.tensor(r["labels"])
+            batch["input_ids"][i, :n] = torch.as_tensor(r["input_ids"])
+            batch["labels"][i, :n] = torch.as_tensor(r["labels"])
             batch["attention_mask"][i, :real] = 1
             batch["position_ids"][i] = torch.tensor(position_ids(r["doc_lengths"], width))
+            starts = [0, *itertools.accumulate(r["doc_lengths"])][:-1]
+            batch["labels"][i, starts] = IGNORE_INDEX
         return batch

@@ -14,6 +14,8 @@ from ..data.loader import BinnedDataset, BucketSampler, PackedCollator
 from ..data.random_data import RandomTokenDataset
 from ..errors import InputError
 from ..model.build import build_model
+from ..model.doc_attention import DocumentAttention
+from ..model.doc_attention import install as install_document_attention
 from .config import TrainConfig
 
 
@@ -53,17 +55,42 @@ def tokenizer_folder(weights_dir: Optional[str]) -> Optional[str]:
 
 
 def attention_implementation(cfg: TrainConfig) -> str:
-    """flash_attention_2 when asked for and possible (a GPU and the flash-attn package; with packed rows
-    it then attends within documents, from the position ids), else SDPA."""
+    """flash_attention_2 when asked for and possible (a GPU and the flash-attn package), else SDPA."""
     if cfg.use_flash_attn and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+def document_attention(cfg: TrainConfig) -> DocumentAttention:
+    """How packed rows attend per document under this run's plugin and kernel (model/doc_attention.py).
+
+    Mirrors plugins.build_plugin: plugin 3d hands `--use_flash_attn` to Colossal-AI's shardformer
+    (ColoAttention, which takes a padding mask only) and, with sequence parallelism, replaces HF's
+    attention forward by its own, which adds a given 4-D mask to the scores."""
+    if cfg.plugin == "3d" and cfg.use_flash_attn:
+        return DocumentAttention("continuous")
+    if cfg.plugin == "3d" and cfg.enable_sequence_parallelism:
+        return DocumentAttention("mask", additive=True)
+    if attention_implementation(cfg) == "flash_attention_2":
+        return DocumentAttention("varlen")
+    return DocumentAttention("mask")
+
+
+def _is_rank0() -> bool:
+    import torch.distributed as dist
+
+    return not dist.is_initialized() or dist.get_rank() == 0
 
 
 def make_model(cfg: TrainConfig, dtype: torch.dtype, lazy_ctx) -> torch.nn.Module:
     weights_dir, model_config = weights_source(cfg)
     model = build_model(weights_dir, model_config, cfg.seed, dtype=dtype, lazy_ctx=lazy_ctx,
                         attn_implementation=attention_implementation(cfg))
+    spec = document_attention(cfg)
+    if spec.mode == "continuous" and _is_rank0():
+        print("warning: --plugin 3d --use_flash_attn: Colossal-AI's flash attention takes no document boundaries; "
+              "packed rows use continuous position ids and documents attend to each other", flush=True)
+    install_document_attention(model, spec)
     if cfg.freeze_non_embeds_params:
         trainable = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
         for p in model.parameters():

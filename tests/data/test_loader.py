@@ -99,3 +99,26 @@ def test_collator_masks_by_length_not_by_pad_id():
     assert batch["position_ids"][0].tolist() == [0, 1, 2, 3, 0, 1, 2, 3]
     assert batch["labels"][1].tolist() == [-100, 9, eos] + [-100] * 5
     assert batch["input_ids"].dtype == torch.long
+
+
+def test_collator_cuts_labels_and_attention_at_document_boundaries():
+    from colossal_hammer.model.doc_attention import document_mask
+
+    # Documents without BOS: every first token would be a target predicted from the previous document.
+    rows = [
+        {"input_ids": [11, 12, 13, 21, 22, 31, 32, 33, 0, 0], "labels": [11, 12, 13, 21, 22, -100, 32, 33, -100, -100],
+         "doc_lengths": [3, 2, 3], "num_padding": 2},
+        {"input_ids": [41, 42, 43, 44], "labels": [41, 42, 43, 44], "doc_lengths": [4], "num_padding": 0},
+    ]
+    batch = PackedCollator(pad_id=0)(rows)
+    assert batch["labels"].tolist() == [[-100, 12, 13, -100, 22, -100, 32, 33, -100, -100],
+                                        [-100, 42, 43, 44] + [-100] * 6]
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 2, 3, 4], [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]]
+    mask = document_mask(batch["position_ids"], batch["attention_mask"])
+    assert mask.shape == (2, 1, 10, 10)
+    blocks = [range(0, 3), range(3, 5), range(5, 8), range(8, 10)]  # three documents, then the padding
+    for q in range(10):
+        block = next(b for b in blocks if q in b)
+        assert mask[0, 0, q].nonzero().flatten().tolist() == [k for k in block if k <= q]
+    assert mask[1, 0, :4, :4].equal(torch.ones(4, 4, dtype=torch.bool).tril())
+    assert not mask[1, 0, :4, 4:].any()  # real tokens never see the padding
