@@ -29,10 +29,11 @@ from ..data.packing import IGNORE_INDEX
 from ..errors import InputError
 from . import faults, preflight, step_guard
 from .checkpoint import Checkpointer
-from .components import (attention_implementation, make_data, make_model, make_optimizer, model_vocab_size,
-                         tokenizer_folder, weights_source)
+from ..model.doc_attention import attention_pairs
+from .components import (attention_implementation, document_attention, make_data, make_model, make_optimizer,
+                         model_vocab_size, tokenizer_folder, weights_source)
 from .config import TrainConfig
-from .metrics import MetricsLogger, flops_per_token, peak_tflops
+from .metrics import MetricsLogger, peak_tflops, training_flops
 from .plugins import build_plugin, describe_plugin, layout_of
 from .schedule import cosine_with_warmup, default_warmup_steps
 
@@ -57,7 +58,7 @@ class Trainer:
             raise SystemExit("error: --plugin ddp with fp16 needs a GPU (torch AMP loss scaling); use bf16 or fp32")
         if cfg.use_flash_attn and attention_implementation(cfg) != "flash_attention_2" and self.rank == 0:
             print("warning: --use_flash_attn needs a GPU and the flash-attn package (pip install .[gpu]); using "
-                  "SDPA: packed rows keep per-document position ids, but attention crosses documents", flush=True)
+                  "SDPA, which masks packed rows per document", flush=True)
         # DDP keeps fp32 parameters; bf16 there means autocast compute over fp32 master weights.
         # fp16 goes through the Booster's torch-AMP (with loss scaling). Other plugins own precision.
         self.autocast_dtype = DTYPES[cfg.mixed_precision] if is_ddp and cfg.mixed_precision == "bf16" else None
@@ -71,7 +72,8 @@ class Trainer:
             self.plugin, (GeminiPlugin, HybridParallelPlugin)) else None
         model = make_model(cfg, torch.float32 if is_ddp else DTYPES[cfg.mixed_precision], lazy)
         self.num_params = sum(p.numel() for p in model.parameters())
-        self.flops_per_token = flops_per_token(model.config, self.num_params, cfg.max_length)
+        self.model_config = model.config
+        self.within_documents = document_attention(cfg).within_documents
         self.peak_tflops = peak_tflops(cfg.peak_tflops, self.device)
         preflight.agreed(lambda: preflight.check_free_space(cfg.save_dir, self.num_params))
 
@@ -192,8 +194,9 @@ class Trainer:
         labels = sum(label_tokens(b["labels"]) for b in batches)
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         padding = sum(b["attention_mask"].numel() for b in batches) - real
-        labels_total, tokens_total, padding_total = (
-            v / replicas for v in self._global_sum(labels, real, padding))
+        pairs = sum(attention_pairs(b["position_ids"], b["attention_mask"], self.within_documents) for b in batches)
+        labels_total, tokens_total, padding_total, pairs_total = (
+            v / replicas for v in self._global_sum(labels, real, padding, pairs))
         scale = self.layout.dp_size / max(labels_total, 1.0)
         loss_sum = None
         for micro, batch in enumerate(batches):
@@ -233,7 +236,9 @@ class Trainer:
                   "tokens_per_second": tokens_per_second,
                   "padding_fraction": padding_total / max(1.0, tokens_total + padding_total), "skipped": skipped}
         if self.peak_tflops:
-            record["mfu"] = tokens_per_second * self.flops_per_token / (self.peak_tflops * 1e12 * dist.get_world_size())
+            # attention counted as computed: per document in packed rows (sum of len^2), not over whole rows
+            flops = training_flops(self.model_config, self.num_params, tokens_total, pairs_total)
+            record["mfu"] = flops / elapsed / (self.peak_tflops * 1e12 * dist.get_world_size())
         return record
 
     def _grad_norm_from_optimizer(self):

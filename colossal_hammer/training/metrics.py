@@ -9,28 +9,11 @@ from typing import Optional
 KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "4090": 165.0}
 
 
-def flops_per_token(config, num_params: int, seq_len: float) -> float:
-    """Training FLOPs per token: 6N for the matmuls plus the attention term 12 * layers * hidden * seq
-    (forward and backward of QK^T and AV), as in the PaLM paper's MFU. `seq_len` is the number of keys a
-    token attends over on average: the row length for unpacked rows; for packed rows
-    `attended_length(...)` (the documents' lengths when attention stays within documents)."""
-    return 6.0 * num_params + 12.0 * config.num_hidden_layers * config.hidden_size * seq_len
-
-
 def training_flops(config, num_params: int, tokens: float, pairs: float) -> float:
     """FLOPs of training on `tokens` tokens whose attention covers `pairs` query-key pairs (the sum of
-    block length^2 over a batch: model.doc_attention.attention_pairs). Equals tokens * flops_per_token
-    for full rows, where pairs = tokens * row length."""
+    block length^2 over a batch: model.doc_attention.attention_pairs): 6N per token for the matmuls plus
+    12 * layers * hidden per pair (forward and backward of QK^T and AV), as in the PaLM paper's MFU."""
     return 6.0 * num_params * tokens + 12.0 * config.num_hidden_layers * config.hidden_size * pairs
-
-
-def attended_length(position_ids, attention_mask=None, within_documents: bool = True) -> float:
-    """The `seq_len` for flops_per_token that makes it exact for this batch: sum(len^2) / sum(len) over
-    its attention blocks (documents, or each row's real tokens when documents see each other)."""
-    from ..model.doc_attention import block_lengths
-
-    lengths = block_lengths(position_ids, attention_mask, within_documents)
-    return float((lengths**2).sum()) / max(1, int(lengths.sum()))
 
 
 def peak_tflops(given: Optional[float], device) -> Optional[float]:

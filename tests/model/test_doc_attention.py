@@ -16,7 +16,7 @@ from colossal_hammer.data.loader import PackedCollator
 from colossal_hammer.data.packing import IGNORE_INDEX
 from colossal_hammer.model import doc_attention
 from colossal_hammer.model.doc_attention import DocumentAttention, attention_pairs, document_mask
-from colossal_hammer.training.metrics import attended_length, flops_per_token, training_flops
+from colossal_hammer.training.metrics import training_flops
 
 VOCAB = 97
 REPO = Path(__file__).resolve().parents[2]
@@ -182,14 +182,9 @@ def test_attention_flops_count_documents():
     # row 0: documents of 4 and 3 (one padding token), row 1: one document of 8
     assert attention_pairs(position_ids, attention_mask) == 16 + 9 + 64
     assert attention_pairs(position_ids, attention_mask, within_documents=False) == 49 + 64
-    assert attended_length(position_ids, attention_mask) == pytest.approx((16 + 9 + 64) / 15)
     config = LlamaConfig(hidden_size=64, num_hidden_layers=2)
-    # Full rows: the per-step count is tokens x flops_per_token at the row length.
-    assert training_flops(config, 1000, 3 * 8, 3 * 64) == pytest.approx(3 * 8 * flops_per_token(config, 1000, 8))
-    tokens = 15
-    assert training_flops(config, 1000, tokens, attention_pairs(position_ids, attention_mask)) == pytest.approx(
-        tokens * flops_per_token(config, 1000, attended_length(position_ids, attention_mask)))
-
+    # 6N per token plus 12 * layers * hidden per query-key pair
+    assert training_flops(config, 1000, 15, 89) == 6 * 1000 * 15 + 12 * 2 * 64 * 89
 
 
 def test_each_plugin_gets_the_form_its_attention_takes(monkeypatch):
