@@ -50,8 +50,11 @@ def check_sharded(info):
     assert begins[0] != begins[1] and all(b == 0 for b in begins[0])
 
 
-def test_sharded_gemini_matches_ddp_on_an_odd_vocabulary(model_config, tmp_path):
-    flags = base(model_config) + ["--num_samples", "16", "--max_steps", "3"]
+# accumulation 1: gradients reuse the working chunks; 2: Gemini keeps separate gradient chunks and adds
+# each micro-step into the rank's shard (rearrange_accumulated_grad_chunk)
+@pytest.mark.parametrize("accumulation", ["1", "2"])
+def test_sharded_gemini_matches_ddp_on_an_odd_vocabulary(model_config, accumulation, tmp_path):
+    flags = base(model_config) + ["--num_samples", "16", "--max_steps", "3", "--accumulation_steps", accumulation]
     ddp = train(flags + ["--plugin", "ddp", "--save_dir", tmp_path / "ddp_ckpt"], tmp_path / "ddp")
     gemini = train(flags + ["--plugin", "gemini", "--save_dir", tmp_path / "gemini_ckpt"], tmp_path / "gemini",
                    env=SHARDED)
