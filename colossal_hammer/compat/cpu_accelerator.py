@@ -204,27 +204,52 @@ def _patch_cpu_adam_kernel() -> None:
     kernel_loader.CPUAdamLoader.load = lambda self, ext_name=None: TorchCPUAdamModule
 
 
-def _patch_gemini_chunk_access() -> None:
-    """Gemini tells a chunk in compute memory from one offloaded to the host by device *type*.
+def _patch_gemini_chunks() -> None:
+    """Gemini keeps a chunk's shard either in compute memory (`cuda_shard`) or offloaded to the host
+    (`cpu_shard`), and tells the two apart by device *type*: a shard on a "cpu" device is offloaded.
 
-    `ChunkManager.access_chunk` moves a chunk whose `device_type == "cpu"` to the compute device; when
-    the compute device is the CPU that is every chunk, including gathered ones, and `shard_move` then
-    asserts. A chunk that is gathered or holds its compute shard is already usable: only register it
-    as accessed, as the upstream method does after its move. Offloaded chunks take the upstream path.
+    On a CPU-only host the compute device is the CPU, so every shard looks offloaded: `close_chunk`
+    parks it in `cpu_shard`, `access_chunk` "moves" it to the CPU (a no-op) and the all-gather then
+    asserts `cuda_shard is not None` (chunk.py:522). There is one memory here, so the honest model is:
+    a shard always lives in compute memory and moving it between host and device does nothing.
+    Three patches make Gemini's state machine say so:
+      - `close_chunk` keeps the shard in `cuda_shard` (offloading to the same memory saves nothing);
+      - `shard_move` is a no-op (there is no other memory to move to);
+      - `device_type` reports a closed chunk as in compute memory ("cuda", the name every caller
+        compares against), so `access_chunk` gathers it, `optim_update` copies the fp32 master
+        shard into the working shard at once, and the placement policy counts it where it is.
+    Pinned memory does not exist without an accelerator: chunks never pin here.
     """
-    from colossalai.zero.gemini.chunk.manager import ChunkManager
+    import inspect
 
-    upstream = ChunkManager.access_chunk
+    from colossalai.zero.gemini.chunk.chunk import Chunk
 
-    def access_chunk(self, chunk, async_access: bool = False):
-        if chunk in self.accessed_chunks or not (chunk.is_gathered or chunk.cuda_shard is not None):
-            return upstream(self, chunk, async_access)
-        self._ChunkManager__sub_memory_usage(chunk.memory_usage)
-        work = self._ChunkManager__add_accessed_chunk(chunk, async_access=async_access)
-        self._ChunkManager__add_memory_usage(chunk.memory_usage)
-        return work
+    upstream_init = Chunk.__init__
+    upstream_close = Chunk.close_chunk
+    signature = inspect.signature(upstream_init)
 
-    ChunkManager.access_chunk = access_chunk
+    def __init__(self, *args, **kwargs):
+        bound = signature.bind(self, *args, **kwargs)
+        bound.arguments["pin_memory"] = False
+        upstream_init(*bound.args, **bound.kwargs)
+
+    def close_chunk(self):
+        upstream_close(self)
+        if not self.keep_gathered and self.cuda_shard is None and self.cpu_shard is not None:
+            self.cuda_shard, self.cpu_shard = self.cpu_shard, None
+
+    def shard_move(self, device, force_copy: bool = False, non_blocking=False):
+        assert not self.is_gathered
+
+    def device_type(self) -> str:
+        if self.chunk_temp is not None:
+            return self.chunk_temp.device.type
+        return "cuda"
+
+    Chunk.__init__ = __init__
+    Chunk.close_chunk = close_chunk
+    Chunk.shard_move = shard_move
+    Chunk.device_type = property(device_type)
 
 
 def activate() -> bool:
@@ -242,6 +267,6 @@ def activate() -> bool:
     _patch_record_stream()
     _patch_low_level_zero_sanity_check()
     _patch_cpu_adam_kernel()
-    _patch_gemini_chunk_access()
+    _patch_gemini_chunks()
     _ACTIVE = True
     return True

@@ -7,6 +7,7 @@ SAVE_DIR/step-N/
   rng/rank-R.json      torch (CPU and CUDA), numpy and Python RNG states of every rank
   master/rank-R.safetensors  ZeRO's fp32 master shards (the Booster saves only the bf16/fp16 working
                        weights, from which a resumed run would re-derive rounded masters and drift)
+  master/gemini-rank-R.safetensors  the same for Gemini: this rank's shard of every fp32 master chunk
   running_states.json  step, epoch, sampler state, data-parallel size, and the run's settings
   files.json           every file above with its size, written last
 
@@ -180,6 +181,7 @@ class Checkpointer:
             os.makedirs(os.path.join(tmp, "master"), exist_ok=True)
             save_file({str(i): p.detach().contiguous().cpu() for i, p in enumerate(masters)},
                       os.path.join(tmp, "master", f"rank-{self.rank}.safetensors"))
+        save_gemini_masters(optimizer, os.path.join(tmp, "master"), self.rank)
         if self.rank == 0:
             self._save_model_files(model, os.path.join(tmp, "modeling"))
             _write_json(os.path.join(tmp, "lr_scheduler", "state.json"), lr_scheduler.state_dict())
@@ -230,6 +232,7 @@ class Checkpointer:
                 with torch.no_grad():
                     for i, p in enumerate(masters):
                         p.copy_(saved[str(i)])
+        load_gemini_masters(optimizer, os.path.join(path, "master"), self.rank)
         return states
 
 
@@ -257,3 +260,62 @@ def zero_master_params(optimizer) -> Optional[list]:
     if all(mapping[id(p)].dtype == torch.float32 for p in masters if id(p) in mapping):
         return None
     return masters
+
+
+# ---- Gemini ---------------------------------------------------------------------------------------
+# GeminiOptimizer keeps its fp32 masters in chunks paired with the working (bf16/fp16) chunks; each rank
+# holds one shard of every sharded chunk (a whole copy of a keep-gathered one). The Booster saves the
+# working weights only, and loading them re-derives the masters by casting up, so an exact resume needs
+# each rank's fp32 shards themselves. Keyed by chunk order; the layout is stored to refuse a mismatch.
+
+
+def _gemini_master_chunks(optimizer) -> Optional[list]:
+    """This rank's fp32 master chunks of a GeminiOptimizer in a fixed order, else None."""
+    module = getattr(optimizer, "module", None)
+    if not (hasattr(optimizer, "chunk16_set") and hasattr(module, "fp32_params") and module.fp32_params):
+        return None
+    return list(module.chunk_manager.get_chunks(module.fp32_params))
+
+
+def _gemini_layout_key(chunks: list) -> str:
+    return json.dumps([[int(c.chunk_size), int(c.shard_begin), int(c.pg_size), bool(c.keep_gathered)]
+                       for c in chunks])
+
+
+def save_gemini_masters(optimizer, master_dir: str, rank: int) -> None:
+    chunks = _gemini_master_chunks(optimizer)
+    if chunks is None:
+        return
+    from safetensors.torch import save_file
+
+    os.makedirs(master_dir, exist_ok=True)
+    save_file({str(i): c.payload.detach().cpu().contiguous().clone() for i, c in enumerate(chunks)},
+              os.path.join(master_dir, f"gemini-rank-{rank}.safetensors"),
+              metadata={"layout": _gemini_layout_key(chunks)})
+
+
+def load_gemini_masters(optimizer, master_dir: str, rank: int) -> None:
+    """Put this rank's saved fp32 master shards back, then re-derive the working weights from them (as
+    the optimizer's step does). A checkpoint from another chunk layout (world size, chunk size) keeps the
+    masters cast up from the saved working weights, and says so."""
+    chunks = _gemini_master_chunks(optimizer)
+    if chunks is None:
+        return
+    from safetensors import safe_open
+
+    path = os.path.join(master_dir, f"gemini-rank-{rank}.safetensors")
+    layout = None
+    if os.path.isfile(path):
+        with safe_open(path, framework="pt") as f:
+            layout = (f.metadata() or {}).get("layout")
+            if layout == _gemini_layout_key(chunks):
+                with torch.no_grad():
+                    for i, chunk in enumerate(chunks):
+                        chunk.payload.copy_(f.get_tensor(str(i)))
+                    for chunk16 in optimizer.chunk16_set:
+                        chunk16.optim_update()
+                return
+    if rank == 0:
+        reason = "no fp32 masters saved" if layout is None else "saved under another chunk layout"
+        print(f"warning: {master_dir}: {reason}; Gemini's fp32 masters restart from the saved "
+              "bf16/fp16 weights (the run continues, not bit-identically)", flush=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -25,7 +26,7 @@ class ParallelLayout:
 
 def build_plugin(cfg: TrainConfig):
     """Return the Booster plugin for `cfg.plugin`. Raises SystemExit with one line on a bad combination."""
-    from colossalai.booster.plugin import GeminiPlugin, HybridParallelPlugin, LowLevelZeroPlugin, TorchDDPPlugin
+    from colossalai.booster.plugin import HybridParallelPlugin, LowLevelZeroPlugin, TorchDDPPlugin
 
     from .. import compat
 
@@ -40,14 +41,7 @@ def build_plugin(cfg: TrainConfig):
         # checkpointing re-enters forward and is incompatible with it.
         return TorchDDPPlugin(find_unused_parameters=False)
     if cfg.plugin in ("gemini", "gemini_auto"):
-        return GeminiPlugin(
-            precision=cfg.mixed_precision,
-            placement_policy="auto" if cfg.plugin == "gemini_auto" else "static",
-            initial_scale=2**16,
-            max_norm=clip,
-            enable_gradient_accumulation=cfg.accumulation_steps > 1,
-            enable_flash_attention=cfg.use_flash_attn,
-        )
+        return _gemini_plugin(cfg, clip, host_only=compat.is_active())
     if cfg.plugin in ("zero2", "zero2_cpu"):
         return LowLevelZeroPlugin(
             stage=2,
@@ -87,6 +81,91 @@ def build_plugin(cfg: TrainConfig):
     raise SystemExit(f"error: unknown plugin {cfg.plugin!r}")
 
 
+# Gemini's chunk size knob, in Mi (2**20) elements; Colossal-AI's default is 32. A model whose parameters
+# sum to less than this stays in one chunk that every rank holds whole (ZeRO turns into DDP), so a tiny
+# rehearsal model needs a small value to shard as a real one does.
+GEMINI_CHUNK_ENV = "COLOSSAL_HAMMER_GEMINI_CHUNK_M"
+
+
+def _gemini_chunk_m() -> float | None:
+    raw = os.environ.get(GEMINI_CHUNK_ENV)
+    if not raw:
+        return None
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        raise SystemExit(f"error: {GEMINI_CHUNK_ENV}={raw!r}: give a positive number of Mi (2**20) elements, "
+                         "e.g. 0.01")
+    return value
+
+
+def _gemini_plugin(cfg: TrainConfig, clip: float, host_only: bool):
+    """GeminiPlugin, and a record of the chunk layout it builds (see `gemini_layout`).
+
+    `host_only`: no accelerator (the CPU compat layer is active). Async reduce then goes off, and with it
+    the pinned host buffers it forces (chunk.py:314 refuses pin_memory without an accelerator); with an
+    accelerator both stay as Colossal-AI sets them."""
+    from colossalai.booster.plugin import GeminiPlugin
+
+    chunk_kwargs = {}
+    chunk_m = _gemini_chunk_m()
+    if chunk_m is not None:
+        # min_chunk_size_m: below it everything is one gathered chunk; search_range_m: how far above the
+        # largest parameter the chunk size may grow. Both small: chunks about the size of a big tensor.
+        chunk_kwargs = dict(min_chunk_size_m=chunk_m, search_range_m=chunk_m)
+    plugin = GeminiPlugin(
+        precision=cfg.mixed_precision,
+        placement_policy="auto" if cfg.plugin == "gemini_auto" else "static",
+        initial_scale=2**16,
+        max_norm=clip,
+        enable_gradient_accumulation=cfg.accumulation_steps > 1,
+        enable_flash_attention=cfg.use_flash_attn,
+        **({"enable_async_reduce": False, "pin_memory": False} if host_only else {}),
+        **chunk_kwargs,
+    )
+    upstream_configure = plugin.configure
+
+    def configure(model, optimizer=None, *args, **kwargs):
+        boosted = upstream_configure(model, optimizer, *args, **kwargs)
+        plugin.gemini_layout = gemini_layout(boosted[0])  # all ranks are here: the layout is gathered once
+        return boosted
+
+    plugin.configure = configure
+    return plugin
+
+
+def gemini_layout(model) -> dict:
+    """How GeminiDDP split the parameters, read back from its chunk manager on every rank (collective).
+
+    Counts elements of the working (bf16/fp16) and fp32 master chunks whose storage each rank really holds:
+    a sharded chunk keeps 1/world of itself per rank, a gathered one all of it."""
+    manager = model.chunk_manager
+
+    def held(chunk) -> int:
+        if chunk.is_gathered:
+            return chunk.cuda_global_chunk.untyped_storage().nbytes() // chunk.cuda_global_chunk.element_size()
+        shard = chunk.cuda_shard if chunk.cuda_shard is not None else chunk.cpu_shard
+        return shard.numel()
+
+    chunks16 = manager.get_chunks(model.fp16_params)
+    chunks32 = manager.get_chunks(model.fp32_params)
+    mine = {"working": sum(held(c) for c in chunks16), "master": sum(held(c) for c in chunks32),
+            "shard_begins": [int(c.shard_begin) for c in chunks16]}
+    everyone = [None] * dist.get_world_size()
+    dist.all_gather_object(everyone, mine)
+    return {
+        "chunks": len(chunks16),
+        "sharded_chunks": sum(not c.keep_gathered for c in chunks16),
+        "chunk_sizes": sorted({int(c.chunk_size) for c in chunks16}),
+        "param_numel": sum(p.numel() for p in model.fp16_params),
+        "working_numel_per_rank": [r["working"] for r in everyone],
+        "master_numel_per_rank": [r["master"] for r in everyone],
+        "shard_begins_per_rank": [r["shard_begins"] for r in everyone],
+    }
+
+
 def layout_of(plugin) -> ParallelLayout:
     from colossalai.booster.plugin import HybridParallelPlugin
 
@@ -122,7 +201,11 @@ def describe_plugin(plugin) -> dict:
                     precision=plugin.precision)
     if hasattr(plugin, "gemini_config"):  # GeminiPlugin
         info.update(placement_policy=plugin.gemini_config["placement_policy"],
-                    precision=str(plugin.gemini_config["mixed_precision"]).replace("torch.", ""))
+                    precision=str(plugin.gemini_config["mixed_precision"]).replace("torch.", ""),
+                    pin_memory=plugin.gemini_config["pin_memory"],
+                    async_reduce=plugin.gemini_config["enable_async_reduce"])
+        if getattr(plugin, "gemini_layout", None):
+            info["gemini_layout"] = plugin.gemini_layout
     if hasattr(plugin, "pp_size"):  # HybridParallelPlugin
         info.update(tp_size=plugin.tp_size, pp_size=plugin.pp_size, sp_size=plugin.sp_size, dp_size=plugin.dp_size,
                     zero_stage=plugin.zero_stage, cpu_offload=bool(plugin.cpu_offload), precision=plugin.precision)
