@@ -32,6 +32,7 @@ demo: setup
 bench: setup
 	$(BIN)/python bench/train_overhead.py
 	$(BIN)/python bench/prepare_throughput.py
+	$(BIN)/python bench/doc_attention.py
 
 clean:
 	rm -rf $(VENV) logs_dir checkpoint_dir demo_output .pytest_cache

@@ -12,10 +12,13 @@ from tests.distributed import launch, train
 from tests.training.sft_data import tiny_model, uneven_sft_dataset
 
 SAMPLES = 24
+# Gemini keeps chunks below 32 Mi elements whole; tiny chunks make it shard the tiny model for real.
+SHARDED_GEMINI = {"COLOSSAL_HAMMER_GEMINI_CHUNK_M": "0.01"}
 # name: (flags, world size, data-parallel size, relative tolerance against DDP fp32)
 CONFIGS = {
     "ddp": (["--plugin", "ddp", "--mixed_precision", "fp32"], 2, 2, 1e-5),
     "zero2": (["--plugin", "zero2", "--mixed_precision", "bf16"], 2, 2, 2e-2),
+    "gemini_sharded": (["--plugin", "gemini", "--mixed_precision", "bf16"], 2, 2, 2e-2),
     "zero2_cpu": (["--plugin", "zero2_cpu", "--mixed_precision", "bf16"], 2, 2, 2e-2),
     "3d_tp2": (["--plugin", "3d", "--tp", "2", "--mixed_precision", "bf16"], 2, 1, 2e-2),
     "3d_pp2": (["--plugin", "3d", "--pp", "2", "--mixed_precision", "fp32"], 2, 1, 1e-4),
@@ -53,8 +56,9 @@ def by_step(records):
 def test_plugin_trains_skips_resumes_and_matches_ddp(name, setup, tmp_path):
     flags, world, dp, tolerance = CONFIGS[name]
     flags = common(setup) + flags
+    env = SHARDED_GEMINI if name == "gemini_sharded" else {}
     straight = train(flags + ["--save_dir", tmp_path / "a"], tmp_path / "a-logs", nproc=world,
-                     env={"COLOSSAL_HAMMER_FAULTS": "nan_grad@2"})
+                     env={**env, "COLOSSAL_HAMMER_FAULTS": "nan_grad@2"})
     records = straight["records"]
     attempts = SAMPLES // (2 * dp)
     assert len(records) == attempts and [r["skipped"] for r in records].count(True) == 1 and records[1]["skipped"]
@@ -63,9 +67,10 @@ def test_plugin_trains_skips_resumes_and_matches_ddp(name, setup, tmp_path):
     assert sum(r["label_tokens"] for r in records) == setup["label_tokens"]
 
     crashed = launch(flags + ["--save_dir", tmp_path / "b"], tmp_path / "b-logs", nproc=world,
-                     env={"COLOSSAL_HAMMER_FAULTS": "nan_grad@2,kill_mid_save@4"})
+                     env={**env, "COLOSSAL_HAMMER_FAULTS": "nan_grad@2,kill_mid_save@4"})
     assert crashed.returncode != 0 and (tmp_path / "b" / "step-2").is_dir()
-    resumed = train(flags + ["--save_dir", tmp_path / "b", "--resume", "auto"], tmp_path / "b-logs", nproc=world)
+    resumed = train(flags + ["--save_dir", tmp_path / "b", "--resume", "auto"], tmp_path / "b-logs", nproc=world,
+                    env=env)
     assert resumed["info"]["start_step"] == 2
     a, b = by_step(records), by_step(resumed["records"])
     assert [b[s] for s in range(3, max(a) + 1)] == [a[s] for s in range(3, max(a) + 1)]  # bit-identical
