@@ -82,6 +82,8 @@ CASES = [
                                                    "--max_new_tokens", "-1"], "--max_new_tokens -1"),
     ("inference-temperature-negative", INFER + ["--model_path", "{model}", "--input_txt", "hi", "--temperature", "-1"],
      "--temperature"),
+    ("demo-output-is-a-file", ["-m", "colossal_hammer.demo.pipeline", "--scale", "test", "--output_dir", "{file}"],
+     "--output_dir {file}: is a file"),
     ("inference-top-p-0", INFER + ["--model_path", "{model}", "--input_txt", "hi", "--top_p", "0"], "--top_p"),
 ]
 
