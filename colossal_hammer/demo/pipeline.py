@@ -56,11 +56,14 @@ SCALES = {
                   news_per_category=900, english_docs=1700, donor_vocab=16000),
 }
 
-# The stages in order, what each does, and its seconds in one run on this 2-core CPU: the estimate of
-# what is left scales these by how fast the current run goes (demo/progress.py), so only their ratios
-# matter. test: measured once with tests/demo/test_pipeline.py. full: the test scale's non-training
-# stages, and the rest of the 781 s the full run took in all (README) split over its training stages
-# in proportion to their steps (each includes ~25 s of start-up). Re-measure when the scales change.
+# The stages in order, what each does, and its seconds in one run: the estimate of what is left scales
+# these by how fast the current run goes (demo/progress.py), so only their ratios matter. They are
+# fixed figures, measured once; re-measure when the scales or the steps change.
+# test: measured once with tests/demo/test_pipeline.py on this 2-core CPU shared with other jobs
+#   (529 s in all; the same run alone takes ~160 s).
+# full: the README's full run took 781 s in all, not timed per stage. Non-training stages: the test
+#   run's figures divided by that load (3.4) and scaled by data size; the rest split over the four
+#   training runs in proportion to their steps (400/100/600/100), each with ~25 s of start-up.
 STAGES = {
     "corpus": "texts from installed packages",
     "base model": "an English tokenizer and a small Llama pretrained on English",
@@ -74,10 +77,10 @@ STAGES = {
     "report": "report.md and report.png",
 }
 WEIGHTS = {
-    "test": {"corpus": 2, "base model": 30, "tokenizer": 25, "datasets": 20, "stage 1": 20, "stage 2": 30,
-             "sft": 20, "export": 20, "evaluate": 25, "report": 3},
-    "full": {"corpus": 2, "base model": 200, "tokenizer": 35, "datasets": 30, "stage 1": 60, "stage 2": 285,
-             "sft": 60, "export": 25, "evaluate": 80, "report": 4},
+    "test": {"corpus": 1, "base model": 75, "tokenizer": 42, "datasets": 14, "stage 1": 40, "stage 2": 70,
+             "sft": 40, "export": 57, "evaluate": 186, "report": 5},
+    "full": {"corpus": 1, "base model": 200, "tokenizer": 18, "datasets": 18, "stage 1": 65, "stage 2": 275,
+             "sft": 65, "export": 17, "evaluate": 120, "report": 2},
 }
 
 

@@ -9,8 +9,9 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional, TextIO
 
-# tqdm's line: "train:  42%|████▏     | 42/100 [00:10<00:14,  4.1step/s]"
-BAR = re.compile(r"^[\w .-]+:\s*\d+%\|")
+# tqdm's line: "train:  42%|████▏     | 42/100 [00:10<00:14,  4.1step/s, loss=5.1]". Only the bar is
+# kept: another process's warning can land on the same line.
+BAR = re.compile(r"^[\w .-]+:\s*\d+%\|[^|]*\|[^\[\n]*\[[^\]]*\]")
 
 
 def minutes(seconds: float) -> str:
@@ -68,9 +69,10 @@ def relay(stream, out: TextIO = sys.stdout, tty: Optional[bool] = None, every: f
         chunks.append(text)
         *segments, pending = re.split(r"[\r\n]", pending + text)
         for segment in segments:
-            if not BAR.match(segment):
+            bar = BAR.match(segment)
+            if not bar:
                 continue
-            last_bar = segment
+            segment = last_bar = bar.group(0)
             if tty:
                 out.write("\r" + segment)
             elif shown_at is None or time.monotonic() - shown_at >= every:

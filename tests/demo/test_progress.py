@@ -35,7 +35,7 @@ def test_minutes():
 
 
 OUTPUT = ("Loading model\nUserWarning: apex\n"
-          "train:   0%|          | 0/3 [00:00<?, ?step/s]\rtrain:  33%|███▎      | 1/3 [00:01<00:02,  1.00step/s]"
+          "train:   0%|          | 0/3 [00:00<?, ?step/s]/x/c10d_logger.py:83: FutureWarning: deprecated\rtrain:  33%|███▎      | 1/3 [00:01<00:02,  1.00step/s]"
           "\rtrain: 100%|██████████| 3/3 [00:03<00:00,  1.00step/s]\ntrain: 100%|██████████| 3/3\nsaved step-3\n")
 
 
@@ -47,11 +47,19 @@ def test_relay_shows_bars_and_returns_everything():
     assert relay(stream, out, tty=True) == OUTPUT
     shown = out.getvalue()
     assert "\rtrain:  33%" in shown and "\rtrain: 100%" in shown and shown.endswith("\n")
-    assert "apex" not in shown and "saved" not in shown and "Loading" not in shown
+    assert "apex" not in shown and "saved" not in shown and "Loading" not in shown and "Warning" not in shown
 
 
 def test_relay_to_a_log_writes_few_bar_lines():
     out = io.StringIO()
     relay(io.BufferedReader(io.BytesIO(OUTPUT.encode())), out, tty=False, every=3600)
     lines = out.getvalue().splitlines()
-    assert lines[0].startswith("train:   0%") and lines[-1].startswith("train: 100%") and len(lines) == 2
+    assert lines == ["train:   0%|          | 0/3 [00:00<?, ?step/s]",
+                     "train: 100%|██████████| 3/3 [00:03<00:00,  1.00step/s]"]
+
+
+def test_every_scale_weighs_every_stage_in_order():
+    from colossal_hammer.demo.pipeline import SCALES, STAGES, WEIGHTS
+
+    assert set(WEIGHTS) == set(SCALES)
+    assert all(list(weights) == list(STAGES) and min(weights.values()) > 0 for weights in WEIGHTS.values())
