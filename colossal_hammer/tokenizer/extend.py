@@ -8,7 +8,10 @@ the vocabulary skipped (one pass with a set). In a SentencePiece BPE model a pie
 merge priority; appending with score 0 (as the reference does) would put new pieces ahead of every
 base merge and change how existing text is cut. New pieces therefore score below the lowest base
 score, keeping their file order, unless `--new_piece_score` asks otherwise. A new piece longer than
-one character is only produced if the model can reach it by merging pieces it has.
+one character is only produced if the model can reach it by merging pieces it has (BPE has no merge
+into "人工智能" unless it has two pieces that make it): after extension every added piece is encoded,
+and the summary counts it as reachable only if encoding its text yields it, so `added` never claims
+pieces that training will never see.
 
 BPE / fast tokenizers without a SentencePiece model get the pieces as added tokens.
 """
@@ -19,15 +22,43 @@ import argparse
 import json
 from typing import Iterable, List, Optional
 
-from ..data.reader import read_texts
-from ..errors import InputError, main_with_errors
+from ..errors import InputError, check_output, require_tokenizer, run_cli
+from .files import read_text_file
 from .sentencepiece_io import NORMAL, find_model_file, load_proto, save_hf_tokenizer
+
+EXAMPLES = 10  # unreachable pieces named in the summary
 
 
 def read_pieces(path: str) -> List[str]:
     if not path.endswith(".jsonl"):
-        raise InputError(f'{path}: expected a .jsonl file of {{"piece": "..."}} rows')
-    return read_texts(path, fields=("piece",))
+        raise InputError(f'--expand_tokens_file {path}: expected a .jsonl file of {{"piece": "..."}} rows')
+    return read_text_file(path, "--expand_tokens_file", fields=("piece",))
+
+
+def unreachable(tokenizer, pieces: List[str]) -> List[str]:
+    """The pieces encoding never produces: encoding a piece's own text does not yield its id.
+
+    The text is what the piece decodes to, so "▁人工" is tried as a word start, "人工" inside a word."""
+    if not pieces:
+        return []
+    ids = tokenizer.convert_tokens_to_ids(pieces)
+    texts = [tokenizer.convert_tokens_to_string([p]) for p in pieces]
+    encoded = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    return [p for p, i, got in zip(pieces, ids, encoded) if i not in got]
+
+
+def reach_summary(tokenizer, added: List[str]) -> dict:
+    missed = unreachable(tokenizer, added)
+    return {"reachable": len(added) - len(missed), "unreachable": len(missed),
+            "unreachable_examples": missed[:EXAMPLES]}
+
+
+def summary_line(result: dict) -> str:
+    line = f"added: {result['added']}, reachable: {result['reachable']}, unreachable: {result['unreachable']}"
+    if result["unreachable"]:
+        line += (f" (examples {' '.join(result['unreachable_examples'])}: no merge path reaches them; "
+                 f"add their parts as pieces too)")
+    return line
 
 
 def new_unique(pieces: Iterable[str], existing: Iterable[str]) -> List[str]:
@@ -54,23 +85,25 @@ def extend_proto(proto, pieces: Iterable[str], score: Optional[float] = None) ->
 
 
 def extend_tokenizer(source_dir: str, target_dir: str, pieces: List[str], score: Optional[float] = None) -> dict:
+    require_tokenizer(source_dir, "--source_tokenizer_dir")
+    check_output(target_dir, "--target_tokenizer_dir", [source_dir])
     if find_model_file(source_dir):
-        proto = load_proto(source_dir)
+        proto = load_proto(source_dir, "--source_tokenizer_dir")
         before = len(proto.pieces)
         added = extend_proto(proto, pieces, score)
         tokenizer = save_hf_tokenizer(proto, target_dir, template_dir=source_dir)
         kind = "sentencepiece"
     else:
-        from transformers import AutoTokenizer
+        from ..data.tokenize import load_tokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(source_dir)
+        tokenizer = load_tokenizer(source_dir)
         before = len(tokenizer)
         added = new_unique(pieces, tokenizer.get_vocab())
         tokenizer.add_tokens(added)
         tokenizer.save_pretrained(target_dir)
         kind = "added_tokens"
     return {"kind": kind, "vocab_before": before, "vocab_after": len(tokenizer), "requested": len(pieces),
-            "added": len(added), "skipped": len(pieces) - len(added)}
+            "added": len(added), "skipped": len(pieces) - len(added), **reach_summary(tokenizer, added)}
 
 
 def main(argv=None) -> dict:
@@ -82,15 +115,15 @@ def main(argv=None) -> dict:
     p.add_argument("--new_piece_score", type=float, default=None,
                    help="Score of every new SentencePiece piece (default: below the lowest base score, in file order)")
     args = p.parse_args(argv)
-    result = {}
 
     def body():
-        result.update(extend_tokenizer(args.source_tokenizer_dir, args.target_tokenizer_dir,
-                                       read_pieces(args.expand_tokens_file), args.new_piece_score))
-        print(json.dumps(result))
+        pieces = read_pieces(args.expand_tokens_file)
+        result = extend_tokenizer(args.source_tokenizer_dir, args.target_tokenizer_dir, pieces, args.new_piece_score)
+        print(summary_line(result))
+        print(json.dumps(result, ensure_ascii=False))
+        return result
 
-    main_with_errors(body)
-    return result
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -18,11 +18,14 @@ import json
 import statistics
 from typing import Iterable, List, Optional
 
-from ..data.reader import read_texts
-from ..errors import InputError, main_with_errors
+from ..errors import InputError, check_output, check_positive, require_file, run_cli
 from .charset import all_chars, levels
-from .extend import extend_proto
+from .extend import extend_proto, reach_summary, summary_line
+from .files import read_text_file
 from .sentencepiece_io import NORMAL, load_proto, save_hf_tokenizer
+
+# The donor must hold the 8105 required characters, 256 byte pieces and <unk> <s> </s>.
+MIN_DONOR_VOCAB = 8105 + 256 + 3
 
 
 def train_donor(texts: Iterable[str], vocab_size: int, required_chars: str):
@@ -32,15 +35,23 @@ def train_donor(texts: Iterable[str], vocab_size: int, required_chars: str):
     from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
     buffer = io.BytesIO()
+    try:
+        _train(spm, buffer, texts, vocab_size, required_chars)
+    except RuntimeError as e:  # sentencepiece's own checks (vocabulary too small for the corpus...)
+        detail = str(e).strip().splitlines()[0].split("] ", 1)[-1]
+        raise InputError(f"--donor_vocab_size {vocab_size}: sentencepiece refuses: {detail}") from None
+    proto = sp_pb2.ModelProto()
+    proto.ParseFromString(buffer.getvalue())
+    return proto
+
+
+def _train(spm, buffer, texts, vocab_size, required_chars) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(texts), model_writer=buffer, model_type="bpe", vocab_size=vocab_size,
         byte_fallback=True, split_digits=True, required_chars=required_chars, character_coverage=0.9995,
         normalization_rule_name="identity", unk_id=0, bos_id=1, eos_id=2, pad_id=-1, num_threads=2,
         max_sentence_length=16384, minloglevel=2,
     )
-    proto = sp_pb2.ModelProto()
-    proto.ParseFromString(buffer.getvalue())
-    return proto
 
 
 def calibration_ratio(base, donor, chars: Iterable[str]) -> float:
@@ -57,30 +68,35 @@ def calibration_ratio(base, donor, chars: Iterable[str]) -> float:
 def merge_protos(base, donor, ratio: float, required: Iterable[str]) -> dict:
     """Append donor pieces (calibrated) and then missing required characters to `base`, in place."""
     present = {p.piece for p in base.pieces}
-    added = 0
+    added = []
     for p in donor.pieces:
         if p.type == NORMAL and p.piece not in present:
             entry = base.pieces.add()
             entry.piece, entry.score, entry.type = p.piece, p.score * ratio, NORMAL
             present.add(p.piece)
-            added += 1
+            added.append(p.piece)
     forced = extend_proto(base, [c for c in required if c not in present])
-    return {"ratio": ratio, "donor_pieces_added": added, "required_chars_added": len(forced),
-            "vocab_size": len(base.pieces)}
+    return {"ratio": ratio, "donor_pieces_added": len(added), "required_chars_added": len(forced),
+            "vocab_size": len(base.pieces), "pieces": added + forced}
 
 
 def merge_tokenizer(base_dir: str, target_dir: str, corpus: Optional[List[str]] = None,
                     donor_vocab_size: int = 20000, donor_model: Optional[str] = None) -> dict:
-    base = load_proto(base_dir)
+    base = load_proto(base_dir, "--base_tokenizer_dir")
+    check_output(target_dir, "--target_tokenizer_dir", [base_dir, donor_model])
     if donor_model:
-        donor = load_proto(donor_model)
+        donor = load_proto(donor_model, "--donor_model")
     else:
         if not corpus:
-            raise InputError("give --corpus to train a donor model, or --donor_model")
+            raise InputError("--corpus: give a corpus to train a donor model on, or --donor_model")
+        if donor_vocab_size < MIN_DONOR_VOCAB:
+            raise InputError(f"--donor_vocab_size {donor_vocab_size}: must be at least {MIN_DONOR_VOCAB} "
+                             f"(8105 required characters + 256 bytes + 3 special pieces)")
         donor = train_donor(corpus, donor_vocab_size, "".join(all_chars()))
     stats = merge_protos(base, donor, calibration_ratio(base, donor, levels()[1]), all_chars())
-    save_hf_tokenizer(base, target_dir, template_dir=base_dir)
-    return stats
+    pieces = stats.pop("pieces")
+    tokenizer = save_hf_tokenizer(base, target_dir, template_dir=base_dir)
+    return {**stats, "added": len(pieces), **reach_summary(tokenizer, pieces)}
 
 
 def main(argv=None) -> dict:
@@ -92,16 +108,24 @@ def main(argv=None) -> dict:
     p.add_argument("--donor_vocab_size", type=int, default=20000, help="Must exceed 8105 + 259 (required chars, bytes)")
     p.add_argument("--donor_model", default=None, help="Use this trained SentencePiece model instead of training one")
     args = p.parse_args(argv)
-    result = {}
 
     def body():
-        corpus = [t for path in args.corpus.split(",") for t in read_texts(path)] if args.corpus else None
-        result.update(merge_tokenizer(args.base_tokenizer_dir, args.target_tokenizer_dir, corpus,
-                                      args.donor_vocab_size, args.donor_model))
-        print(json.dumps(result))
+        paths = [c for c in args.corpus.split(",") if c] if args.corpus else []
+        for path in paths:
+            require_file(path, "--corpus", ".jsonl or .txt file")
+        if args.donor_model:
+            require_file(args.donor_model, "--donor_model", "SentencePiece .model file")
+        check_positive(args.donor_vocab_size, "--donor_vocab_size")
+        check_output(args.target_tokenizer_dir, "--target_tokenizer_dir", [args.base_tokenizer_dir, *paths])
+        load_proto(args.base_tokenizer_dir, "--base_tokenizer_dir")  # before reading a large corpus
+        corpus = [t for path in paths for t in read_text_file(path, "--corpus")] if paths else None
+        result = merge_tokenizer(args.base_tokenizer_dir, args.target_tokenizer_dir, corpus,
+                                 args.donor_vocab_size, args.donor_model)
+        print(summary_line(result))
+        print(json.dumps(result, ensure_ascii=False))
+        return result
 
-    main_with_errors(body)
-    return result
+    return run_cli(body)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ from typing import Optional
 
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
+from ..errors import InputError
 from .files import CONFIG_FILES, copy_tokenizer_files
 
 NORMAL = sp_pb2.ModelProto.SentencePiece.NORMAL
@@ -20,13 +21,26 @@ def find_model_file(path: str) -> Optional[str]:
     return candidate if os.path.isfile(candidate) else None
 
 
-def load_proto(path: str) -> sp_pb2.ModelProto:
+def load_proto(path: str, flag: str = "") -> sp_pb2.ModelProto:
+    """The ModelProto of a .model file or of a folder's tokenizer.model; InputError (naming `flag`)
+    when there is none or it does not parse."""
+    where = f"{flag} {path}" if flag else path
+    if not os.path.exists(path):
+        raise InputError(f"{where}: no such file or folder")
     model_file = find_model_file(path)
     if model_file is None:
-        raise FileNotFoundError(f"{path}: no SentencePiece tokenizer.model")
+        raise InputError(f"{where}: no SentencePiece tokenizer.model in this folder; give an HF folder of a "
+                         f"SentencePiece tokenizer (Llama-2 style) or a .model file")
     proto = sp_pb2.ModelProto()
     with open(model_file, "rb") as f:
-        proto.ParseFromString(f.read())
+        data = f.read()
+    try:
+        proto.ParseFromString(data)
+    except Exception:  # noqa: BLE001 - protobuf's DecodeError: whatever the damage, the file is unusable
+        proto = None
+    if proto is None or not proto.pieces:
+        inner = "" if model_file == path else f"{os.path.basename(model_file)} "
+        raise InputError(f"{where}: {inner}not a SentencePiece model (does not parse)")
     return proto
 
 

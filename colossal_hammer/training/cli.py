@@ -3,6 +3,7 @@
 import os
 import sys
 
+from ..quiet import silence_known_noise
 from .config import parse_config
 from .loop import run
 
@@ -23,6 +24,7 @@ def single_process_defaults() -> None:
 def main() -> None:
     """A refused run ends with one `error:` line (printed by rank 0 only, not once per process) and status 2."""
     single_process_defaults()
+    silence_known_noise()
     try:
         run(parse_config())
     except SystemExit as e:

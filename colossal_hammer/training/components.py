@@ -14,6 +14,7 @@ from ..data.loader import BinnedDataset, BucketSampler, PackedCollator
 from ..data.random_data import RandomTokenDataset
 from ..errors import InputError
 from ..model.build import build_model
+from ..model.folders import hf_folder_of
 from ..model.doc_attention import DocumentAttention
 from ..model.doc_attention import install as install_document_attention
 from .config import TrainConfig
@@ -25,11 +26,10 @@ def weights_source(cfg: TrainConfig) -> Tuple[Optional[str], Optional[str]]:
     `--load_weights_only` takes a checkpoint's step-N folder (whose modeling/ is an HF folder) or an HF
     folder, chosen by what is on disk, never by a substring of the path."""
     if cfg.load_weights_only:
-        modeling = os.path.join(cfg.load_weights_only, "modeling")
-        folder = modeling if os.path.isdir(modeling) else cfg.load_weights_only
-        if not os.path.isfile(os.path.join(folder, "config.json")):
-            raise SystemExit(f"error: --load_weights_only {cfg.load_weights_only}: neither a checkpoint nor an HF folder")
-        return folder, None
+        try:
+            return hf_folder_of(cfg.load_weights_only, "--load_weights_only"), None
+        except InputError as e:
+            raise SystemExit(f"error: {e}") from None
     return cfg.pretrained, cfg.model_config
 
 

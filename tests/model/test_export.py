@@ -4,7 +4,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from colossal_hammer.model.export import main as export_main, strip_wrapper_prefixes
+from colossal_hammer.errors import InputError
+from colossal_hammer.model.build import DTYPES
+from colossal_hammer.model.export import DTYPE_NAMES, main as export_main, strip_wrapper_prefixes
+from colossal_hammer.model.folders import hf_folder_of
+from tests.conftest import save_tiny_llama
 from tests.distributed import TINY, train
 
 
@@ -34,3 +38,39 @@ def test_exported_model_matches_the_checkpoint(plugin, precision, tmp_path):
     half = export_main(["--checkpoint", str(step), "--output_dir", str(tmp_path / "hf16"), "--dtype", "fp16"])
     assert half["dtype"] == "float16"
     assert AutoModelForCausalLM.from_pretrained(tmp_path / "hf16", torch_dtype="auto").dtype == torch.float16
+
+
+def test_dtype_names_are_the_build_table():
+    assert sorted(DTYPE_NAMES) == sorted(DTYPES)
+
+
+def test_hf_folder_of_checkpoint_or_hf_folder(tmp_path):
+    (tmp_path / "step-3" / "modeling").mkdir(parents=True)
+    (tmp_path / "step-3" / "modeling" / "config.json").write_text("{}")
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "config.json").write_text("{}")
+    (tmp_path / "other").mkdir()
+    assert hf_folder_of(str(tmp_path / "step-3")) == str(tmp_path / "step-3" / "modeling")
+    assert hf_folder_of(str(tmp_path / "step-3" / "modeling")) == str(tmp_path / "step-3" / "modeling")
+    assert hf_folder_of(str(tmp_path / "hf")) == str(tmp_path / "hf")
+    for bad, words in [("other", "neither a checkpoint"), ("missing", "no such folder"),
+                       ("hf/config.json", "is a file")]:
+        with pytest.raises(InputError, match=words):
+            hf_folder_of(str(tmp_path / bad), "--load_weights_only")
+
+
+def test_export_without_tokenizer_warns_and_tokenizer_dir_adds_one(tokenizer_dir, tmp_path, capsys):
+    """A --model_config run saves no tokenizer: the export says so in one line, --tokenizer_dir adds one."""
+    save_tiny_llama(tokenizer_dir, tmp_path / "src")
+    step = tmp_path / "ckpt" / "step-1" / "modeling"
+    step.mkdir(parents=True)
+    for name in ("config.json", "model.safetensors"):
+        (step / name).write_bytes((tmp_path / "src" / name).read_bytes())
+    bare = export_main(["--checkpoint", str(step.parent), "--output_dir", str(tmp_path / "bare")])
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert bare["tokenizer_files"] == [] and len(warnings) == 1 and "--tokenizer_dir" in warnings[0]
+    full = export_main(["--checkpoint", str(step.parent), "--output_dir", str(tmp_path / "full"),
+                        "--tokenizer_dir", tokenizer_dir])
+    assert "warning:" not in capsys.readouterr().err
+    assert {"tokenizer.model", "tokenizer.json"} <= set(full["tokenizer_files"])
+    assert (tmp_path / "full" / "tokenizer.json").is_file()

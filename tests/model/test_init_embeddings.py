@@ -90,3 +90,13 @@ def test_tokenizer_that_does_not_extend_is_refused(english_base, tmp_path, capsy
     assert e.value.code == 2
     assert "does not extend the source" in capsys.readouterr().err
     assert not (tmp_path / "dst").exists()
+
+
+def test_target_without_new_tokens_leaves_the_model_as_it_was(english_base, tmp_path):
+    """The same tokenizer as target used to crash (IndexError on an empty batch): nothing to add is fine."""
+    source = make_source(english_base, tmp_path / "src", torch.float32, False)
+    result = init_main(["--source_model_and_tokenizer_path", str(tmp_path / "src"), "--target_tokenizer_path",
+                        english_base, "--target_model_path", str(tmp_path / "dst")])
+    assert result["old_vocab"] == result["new_vocab"] and result["rows_from_mean_of_all"] == 0
+    copy = AutoModelForCausalLM.from_pretrained(tmp_path / "dst")
+    assert all(torch.equal(a, b) for a, b in zip(source.state_dict().values(), copy.state_dict().values()))

@@ -85,3 +85,23 @@ def test_analyze_cli_writes_table_and_json(english_base, tmp_path, capsys):
     assert saved == out and saved[0]["compression"] == {"t.txt": 1.0}
     expected_bytes = len("我们的研究".encode()) + len(b"Hello world")
     assert saved[0]["bytes_per_token"]["t.txt"] == round(expected_bytes / saved[0]["tokens"]["t.txt"], 3)
+
+
+def test_extend_reports_pieces_encoding_never_produces(english_base, tmp_path, capsys):
+    base = AutoTokenizer.from_pretrained(english_base)
+    rare = next(c for c in charset.levels()[3] if c not in base.get_vocab())
+    # BPE reaches a piece only by merging two pieces it has: the base has neither "人工" nor "智能"
+    assert not {"人工", "智能", "▁人工"} & set(base.get_vocab())
+    (tmp_path / "new.jsonl").write_text("\n".join(json.dumps({"piece": p}, ensure_ascii=False)
+                                                  for p in ["人工智能", rare]))
+    result = extend_main(["--source_tokenizer_dir", english_base, "--target_tokenizer_dir", str(tmp_path / "ext"),
+                          "--expand_tokens_file", str(tmp_path / "new.jsonl")])
+    assert (result["added"], result["reachable"], result["unreachable"]) == (2, 1, 1)
+    assert result["unreachable_examples"] == ["人工智能"]
+    printed = capsys.readouterr().out.splitlines()
+    assert printed[0].startswith("added: 2, reachable: 1, unreachable: 1 (examples 人工智能")
+    assert json.loads(printed[1]) == result
+    # what the summary claims is what encoding does, slow and fast
+    for fast in (True, False):
+        tok = AutoTokenizer.from_pretrained(str(tmp_path / "ext"), use_fast=fast)
+        assert "人工智能" not in tok.tokenize("人工智能") and rare in tok.tokenize(rare)
