@@ -20,6 +20,9 @@ NAMED_CONFIGS = {
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
+# config.json key holding the vocabulary size before `pad_vocabulary`; export trims back to it.
+UNPADDED_VOCAB_KEY = "unpadded_vocab_size"
+
 
 def load_config(spec: str) -> LlamaConfig:
     if spec in NAMED_CONFIGS:
@@ -30,23 +33,65 @@ def load_config(spec: str) -> LlamaConfig:
         return LlamaConfig(**json.load(f))
 
 
+def unpadded_vocab_size(config) -> int:
+    """The vocabulary the tokenizer (and the data) has; ids at or above it are padding rows."""
+    return getattr(config, UNPADDED_VOCAB_KEY, None) or config.vocab_size
+
+
+def pad_vocabulary(model, multiple: int) -> int:
+    """Pad the input embeddings and lm_head with zero rows to a multiple of `multiple`; return the new size.
+
+    Colossal-AI's shardformer pads a vocabulary that is not a multiple of 64*tp itself, and 0.5.0's
+    checkpoint IO then fails on the padded tensors (optimizer save under tp: "parameter isn't evenly
+    distributed"; ZeRO/pp: `_unpad_detach`). A model whose vocabulary is already a multiple is never
+    padded there. No id reaches the new rows (the data uses the tokenizer's ids), so their embeddings
+    are never read; their logits start at 0 and are only ever pushed down by the softmax, as with
+    Megatron's make_vocab_size_divisible_by. Works on LazyInitContext models (the ops are recorded).
+    """
+    config = model.config
+    old = config.vocab_size
+    new = -(-old // multiple) * multiple
+    if new == old:
+        return old
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embeddings.weight
+
+    def padded(weight):
+        return torch.nn.Parameter(torch.cat([weight.data, weight.data.new_zeros(new - old, weight.shape[1])]),
+                                  requires_grad=weight.requires_grad)
+
+    embeddings.weight = padded(embeddings.weight)
+    embeddings.num_embeddings = new
+    if head is not None:
+        head.weight = embeddings.weight if tied else padded(head.weight)
+        head.out_features = new
+    setattr(config, UNPADDED_VOCAB_KEY, unpadded_vocab_size(config))
+    config.vocab_size = new
+    return new
+
+
 def build_model(pretrained: str | None, model_config: str | None, seed: int, dtype: torch.dtype = torch.float32,
-                lazy_ctx=None, attn_implementation: str = "sdpa"):
+                lazy_ctx=None, attn_implementation: str = "sdpa", vocab_multiple: int = 1):
     """Return the model on CPU; the plugin casts it to its precision and places it.
 
     Pretrained weights load in `dtype` (the training precision) to halve host memory on big models.
     A config-built model is created eagerly right after seeding, so every plugin starts from the same
     weights whatever it shards. `lazy_ctx` (Colossal-AI's LazyInitContext) is used for pretrained
-    weights only, where it saves host memory on large models.
+    weights only, where it saves host memory on large models. The vocabulary is then padded to a
+    multiple of `vocab_multiple` (`pad_vocabulary`); the real rows stay as built or loaded.
     """
     if model_config is not None:
         torch.manual_seed(seed)
         config = load_config(model_config)
         config._attn_implementation = attn_implementation
-        return AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        pad_vocabulary(model, vocab_multiple)
+        return model
     if not os.path.isdir(pretrained):
         raise SystemExit(f"error: --pretrained {pretrained!r} is not a folder")
     with lazy_ctx or nullcontext():
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             pretrained, torch_dtype=dtype, attn_implementation=attn_implementation, use_safetensors=None
         )
+        pad_vocabulary(model, vocab_multiple)
+    return model

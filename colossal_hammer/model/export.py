@@ -18,7 +18,7 @@ from typing import Dict, Optional
 import torch
 
 from ..errors import InputError, main_with_errors
-from .build import DTYPES
+from .build import DTYPES, UNPADDED_VOCAB_KEY
 from ..tokenizer.files import copy_tokenizer_files
 
 
@@ -43,6 +43,18 @@ def load_weights(modeling_dir: str) -> Dict[str, torch.Tensor]:
     return state
 
 
+def trim_vocabulary(config, state: Dict[str, torch.Tensor]) -> None:
+    """Drop the rows build.pad_vocabulary added for tensor parallelism, from the weights and the config."""
+    size = getattr(config, UNPADDED_VOCAB_KEY, None)
+    if size is None:
+        return
+    padded, config.vocab_size = config.vocab_size, size
+    delattr(config, UNPADDED_VOCAB_KEY)
+    for key, tensor in state.items():
+        if key.endswith(("embed_tokens.weight", "lm_head.weight")) and tensor.shape[0] == padded:
+            state[key] = tensor[:size]
+
+
 def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokenizer_dir: Optional[str] = None) -> dict:
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -51,6 +63,7 @@ def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokeni
         raise InputError(f"{modeling}: no config.json (is this a colossal_hammer checkpoint?)")
     config = AutoConfig.from_pretrained(modeling)
     state = load_weights(modeling)
+    trim_vocabulary(config, state)
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
     expected = set(model.state_dict())
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()

@@ -14,6 +14,7 @@ from ..data.random_data import RandomTokenDataset
 from ..errors import InputError
 from ..model.build import build_model
 from .config import TrainConfig
+from .plugins import vocab_multiple
 
 
 def weights_source(cfg: TrainConfig) -> Tuple[Optional[str], Optional[str]]:
@@ -48,7 +49,7 @@ def attention_implementation(cfg: TrainConfig) -> str:
 def make_model(cfg: TrainConfig, dtype: torch.dtype, lazy_ctx) -> torch.nn.Module:
     weights_dir, model_config = weights_source(cfg)
     model = build_model(weights_dir, model_config, cfg.seed, dtype=dtype, lazy_ctx=lazy_ctx,
-                        attn_implementation=attention_implementation(cfg))
+                        attn_implementation=attention_implementation(cfg), vocab_multiple=vocab_multiple(cfg))
     if cfg.freeze_non_embeds_params:
         trainable = {id(model.get_input_embeddings().weight), id(model.get_output_embeddings().weight)}
         for p in model.parameters():
