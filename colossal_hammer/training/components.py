@@ -43,6 +43,11 @@ def attention_implementation(cfg: TrainConfig) -> str:
     it then attends within documents, from the position ids), else SDPA."""
     if cfg.use_flash_attn and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
+    if cfg.plugin == "3d" and cfg.enable_sequence_parallelism and not cfg.use_flash_attn:
+        # The shardformer's sequence-parallel attention applies whatever mask the model builds; under
+        # SDPA, HF builds none for unpadded rows (it relies on is_causal), so attention would see
+        # the future. Eager always builds the causal mask (tests/training/test_3d.py).
+        return "eager"
     return "sdpa"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -27,23 +28,29 @@ def fixed_row_length(cfg: TrainConfig) -> bool:
     return cfg.benchmark or cfg.padding_mode == "max_length"
 
 
+def _refuse(message: str) -> None:
+    """A bad flag combination: one `error:` line (from rank 0 only) and exit status 2, no traceback."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
 def check_3d(cfg: TrainConfig, world: int) -> None:
     """Refuse at start, in one line, what HybridParallelPlugin would assert on deep in a step."""
     sp = cfg.sp if cfg.enable_sequence_parallelism and cfg.sp_mode == "all_to_all" else 1
     model_parallel = cfg.tp * cfg.pp * sp
     if world % model_parallel:
-        raise SystemExit(f"error: --tp {cfg.tp} --pp {cfg.pp} --sp {cfg.sp}: world size {world} is not divisible "
-                         f"by tp*pp*sp = {model_parallel}")
+        _refuse(f"--tp {cfg.tp} --pp {cfg.pp} --sp {cfg.sp}: world size {world} is not divisible by "
+                f"tp*pp*sp = {model_parallel}")
     if cfg.sp > 1 and sp == 1:
-        raise SystemExit("error: --sp: a sequence-parallel size needs --enable_sequence_parallelism --sp_mode "
-                         "all_to_all (split_gather and ring use the tp group as sp group: leave --sp 1)")
+        _refuse("--sp: a sequence-parallel size needs --enable_sequence_parallelism --sp_mode all_to_all "
+                "(split_gather and ring use the tp group as sp group: leave --sp 1)")
     if cfg.pp > 1:
         if cfg.batch_size % cfg.microbatch_size:
-            raise SystemExit(f"error: --batch_size {cfg.batch_size}: must be a multiple of --microbatch_size "
-                             f"{cfg.microbatch_size}")
+            _refuse(f"--batch_size {cfg.batch_size}: must be a multiple of --microbatch_size {cfg.microbatch_size}")
         if cfg.batch_size // cfg.microbatch_size < cfg.pp:
-            raise SystemExit(
-                f"error: --pp {cfg.pp} --batch_size {cfg.batch_size} --microbatch_size {cfg.microbatch_size}: the "
+            _refuse(
+                f"--pp {cfg.pp} --batch_size {cfg.batch_size} --microbatch_size {cfg.microbatch_size}: the "
                 f"pipeline needs at least {cfg.pp} micro-batches per step; use --batch_size "
                 f"{cfg.pp * cfg.microbatch_size} (or more, a multiple of --microbatch_size)")
 

@@ -1,0 +1,120 @@
+"""Plugin 3d (HybridParallelPlugin) at the shapes where its own machinery engages, 2 real processes each.
+
+An odd vocabulary under tp (padded at build, trimmed at export), a pipeline over rows of varying
+length, the pipeline's micro-batch check, and all_to_all sequence parallelism's data-parallel size.
+"""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, LlamaConfig
+
+from colossal_hammer.data.sft import main as prepare_sft
+from colossal_hammer.demo import texts
+from colossal_hammer.model.export import export
+from tests.conftest import write_jsonl
+from tests.distributed import TINY, launch, train
+
+FP32_TOL = 1e-3  # fp32 losses of two plugins on the same rows: reduction order only
+
+
+def tiny_llama(tokenizer_dir, out, vocab_size):
+    """A 2-layer random Llama with the given vocabulary, saved with the tokenizer."""
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2)
+    AutoModelForCausalLM.from_config(config).save_pretrained(out)
+    AutoTokenizer.from_pretrained(tokenizer_dir).save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def sft_data(tokenizer_dir, tmp_path_factory):
+    """Chats of varying length: unpacked SFT rows, padded per batch under --padding_mode longest."""
+    out = tmp_path_factory.mktemp("sft")
+    news = texts.chinese_news()["教育"]
+    chats = [{"messages": [{"from": "human", "content": f"第{i}个问题是什么？"},
+                           {"from": "assistant", "content": s[: 10 + 7 * (i % 9)]}], "category": "qa"}
+             for i, s in enumerate(news[:16])]
+    write_jsonl(out / "raw" / "a.jsonl", chats)
+    prepare_sft(["--data_input_dirs", str(out / "raw"), "--tokenizer_dir", tokenizer_dir,
+                 "--data_output_dirs", str(out / "data"), "--max_length", "128", "--num_spliced_dataset_bins", "1"])
+    return out / "data"
+
+
+def test_tp2_odd_vocabulary_saves_and_exports_trimmed(tokenizer_dir, sft_data, tmp_path):
+    # 3000 (the tokenizer's size) is not a multiple of 64*tp: the shardformer would pad it and
+    # Colossal-AI 0.5.0's optimizer save then fails ("parameter isn't evenly distributed").
+    model = tiny_llama(tokenizer_dir, tmp_path / "model", vocab_size=3000)
+    run = train(["--pretrained", model, "--dataset", sft_data, "--plugin", "3d", "--tp", "2", "--batch_size", "2",
+                 "--max_length", "128", "--max_steps", "2", "--save_interval", "1", "--mixed_precision", "fp32",
+                 "--lr", "0", "--save_dir", tmp_path / "ckpt"], tmp_path / "logs")
+    assert run["info"]["tp_size"] == 2 and len(run["losses"]) == 2
+    saved = json.loads((tmp_path / "ckpt" / "step-1" / "modeling" / "config.json").read_text())
+    assert (saved["vocab_size"], saved["unpadded_vocab_size"]) == (3072, 3000)
+
+    export(str(tmp_path / "ckpt" / "step-2"), str(tmp_path / "hf"))
+    exported = json.loads((tmp_path / "hf" / "config.json").read_text())
+    assert exported["vocab_size"] == 3000 and "unpadded_vocab_size" not in exported
+    # lr 0: the exported weights are the input model's, bit for bit: padding, tp sharding, gathering
+    # and trimming kept every real row in its place.
+    original = AutoModelForCausalLM.from_pretrained(model).state_dict()
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
+    assert back.keys() == original.keys()
+    for key, tensor in original.items():
+        assert torch.equal(back[key], tensor), key
+    # the checkpoint itself holds the padded rows (zeros, never trained at lr 0)
+    weights = {}
+    for f in (tmp_path / "ckpt" / "step-2" / "modeling").glob("*.safetensors"):
+        weights.update(load_file(f))
+    head = next(v for k, v in weights.items() if k.endswith("lm_head.weight"))
+    assert head.shape[0] == 3072 and torch.count_nonzero(head[3000:]) == 0
+
+
+def test_pp2_rows_of_varying_length_match_ddp(tokenizer_dir, sft_data, tmp_path):
+    # Without padding (3072 = 48*64) so that ddp runs the very same model.
+    model = tiny_llama(tokenizer_dir, tmp_path / "model", vocab_size=3072)
+    common = ["--pretrained", model, "--dataset", sft_data, "--max_length", "128", "--padding_mode", "longest",
+              "--max_steps", "4", "--mixed_precision", "fp32", "--lr", "1e-3"]
+    pp = train(common + ["--plugin", "3d", "--pp", "2", "--batch_size", "2", "--microbatch_size", "1",
+                         "--save_dir", tmp_path / "ckpt_pp"], tmp_path / "logs_pp")
+    ddp = train(common + ["--plugin", "ddp", "--batch_size", "1", "--save_dir", tmp_path / "ckpt_ddp"],
+                tmp_path / "logs_ddp")
+    assert pp["info"]["pp_size"] == 2 and len(pp["losses"]) == 4
+    # rows really vary: each step pads its two rows to their longer one, and steps differ in length
+    assert all(0 < r["padding_fraction"] for r in pp["records"])
+    assert len({r["tokens"] for r in pp["records"]}) > 1
+    # one row per micro-batch (pp) or per rank (ddp): the same mean of per-row means
+    for step, (a, b) in enumerate(zip(pp["losses"], ddp["losses"]), start=1):
+        assert abs(a - b) <= FP32_TOL, f"step {step}: pp2 {a:.6f} vs ddp {b:.6f}"
+
+
+def test_pp2_with_one_micro_batch_is_refused_in_one_line(tmp_path):
+    proc = launch(TINY + ["--plugin", "3d", "--pp", "2", "--batch_size", "1", "--max_steps", "1"], tmp_path / "logs")
+    assert proc.returncode != 0
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, proc.stdout[-3000:]
+    assert errors[0].startswith("error: --pp 2 --batch_size 1 --microbatch_size 1:") and "use --batch_size 2" in errors[0]
+    # the workers exit with status 2 and no traceback of their own (torchrun's agent prints its own)
+    assert "exitcode: 2" in proc.stdout and "[rank0]: Traceback" not in proc.stdout
+    assert "Number of microbatch" not in proc.stdout
+
+
+def test_sp_all_to_all_reads_every_sample_and_matches_ddp(tmp_path):
+    # 16 samples, one epoch. sp 2 on 2 ranks: both ranks hold the same rows (split along the
+    # sequence), so there is one data-parallel replica and 2 rows per step make 8 steps.
+    flags = ["--num_epochs", "1", "--mixed_precision", "fp32"]
+    sp = train(TINY + flags + ["--plugin", "3d", "--sp", "2", "--enable_sequence_parallelism", "--sp_mode",
+                               "all_to_all", "--batch_size", "2", "--save_dir", tmp_path / "ckpt_sp"],
+               tmp_path / "logs_sp")
+    ddp = train(TINY + flags + ["--plugin", "ddp", "--batch_size", "1", "--save_dir", tmp_path / "ckpt_ddp"],
+                tmp_path / "logs_ddp")
+    assert sp["info"]["sp_size"] == 2 and sp["info"]["data_parallel_size"] == 1
+    assert len(sp["records"]) == 8 and sum(r["tokens"] for r in sp["records"]) == 16 * 64
+    assert len(ddp["records"]) == 8
+    for step, (a, b) in enumerate(zip(sp["losses"], ddp["losses"]), start=1):
+        assert abs(a - b) <= FP32_TOL, f"step {step}: sp all_to_all {a:.6f} vs ddp {b:.6f}"
