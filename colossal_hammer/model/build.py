@@ -67,7 +67,18 @@ def pad_vocabulary(model, multiple: int) -> int:
         head.out_features = new
     setattr(config, UNPADDED_VOCAB_KEY, unpadded_vocab_size(config))
     config.vocab_size = new
+    # Under LazyInitContext the Booster loads the pretrained weights after sharding, and a checkpoint
+    # may hold fewer rows (unpadded, or padded for a smaller tp): pad them on their way in.
+    model.register_load_state_dict_pre_hook(_pad_rows_on_load)
     return new
+
+
+def _pad_rows_on_load(module, state_dict, prefix, *args) -> None:
+    new = module.config.vocab_size
+    for key in (prefix + "model.embed_tokens.weight", prefix + "lm_head.weight"):
+        tensor = state_dict.get(key)
+        if tensor is not None and tensor.shape[0] < new:
+            state_dict[key] = torch.cat([tensor, tensor.new_zeros(new - tensor.shape[0], *tensor.shape[1:])])
 
 
 def build_model(pretrained: str | None, model_config: str | None, seed: int, dtype: torch.dtype = torch.float32,
