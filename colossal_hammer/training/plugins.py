@@ -45,6 +45,13 @@ def check_3d(cfg: TrainConfig, world: int) -> None:
     if cfg.sp > 1 and sp == 1:
         _refuse("--sp: a sequence-parallel size needs --enable_sequence_parallelism --sp_mode all_to_all "
                 "(split_gather and ring use the tp group as sp group: leave --sp 1)")
+    if cfg.enable_sequence_parallelism:
+        # Rows are split along the sequence over the sp group (split_gather/ring: the tp group).
+        pieces = sp if cfg.sp_mode == "all_to_all" else cfg.tp
+        if not fixed_row_length(cfg) or cfg.max_length % pieces:
+            _refuse(f"--enable_sequence_parallelism --sp_mode {cfg.sp_mode}: each row is split into {pieces} equal "
+                    f"pieces, so every row needs the same length, a multiple of {pieces}; use --padding_mode "
+                    f"max_length with --max_length a multiple of {pieces} (got {cfg.padding_mode}, {cfg.max_length})")
     if cfg.pp > 1:
         if cfg.batch_size % cfg.microbatch_size:
             _refuse(f"--batch_size {cfg.batch_size}: must be a multiple of --microbatch_size {cfg.microbatch_size}")

@@ -93,15 +93,20 @@ def test_pp2_rows_of_varying_length_match_ddp(tokenizer_dir, sft_data, tmp_path)
         assert abs(a - b) <= FP32_TOL, f"step {step}: pp2 {a:.6f} vs ddp {b:.6f}"
 
 
-def test_pp2_with_one_micro_batch_is_refused_in_one_line(tmp_path):
-    proc = launch(TINY + ["--plugin", "3d", "--pp", "2", "--batch_size", "1", "--max_steps", "1"], tmp_path / "logs")
+@pytest.mark.parametrize("flags, start, hint", [
+    (["--pp", "2", "--batch_size", "1"], "error: --pp 2 --batch_size 1 --microbatch_size 1:", "use --batch_size 2"),
+    # rows of varying length cannot be split in 2 along the sequence
+    (["--sp", "2", "--enable_sequence_parallelism", "--sp_mode", "all_to_all", "--max_length", "63"],
+     "error: --enable_sequence_parallelism --sp_mode all_to_all:", "--max_length a multiple of 2"),
+])
+def test_bad_3d_shapes_are_refused_in_one_line(flags, start, hint, tmp_path):
+    proc = launch(TINY + ["--plugin", "3d", "--max_steps", "1", *flags], tmp_path / "logs")
     assert proc.returncode != 0
     errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stdout[-3000:]
-    assert errors[0].startswith("error: --pp 2 --batch_size 1 --microbatch_size 1:") and "use --batch_size 2" in errors[0]
+    assert errors[0].startswith(start) and hint in errors[0], errors[0]
     # the workers exit with status 2 and no traceback of their own (torchrun's agent prints its own)
     assert "exitcode: 2" in proc.stdout and "[rank0]: Traceback" not in proc.stdout
-    assert "Number of microbatch" not in proc.stdout
 
 
 def test_sp_all_to_all_reads_every_sample_and_matches_ddp(tmp_path):
