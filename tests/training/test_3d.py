@@ -11,13 +11,17 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from colossal_hammer.data.loader import BinnedDataset, BucketSampler, PackedCollator
+from colossal_hammer.data.random_data import RandomTokenDataset
 from colossal_hammer.data.sft import main as prepare_sft
 from colossal_hammer.demo import texts
+from colossal_hammer.model.build import build_model
 from colossal_hammer.model.export import export
 from tests.conftest import write_jsonl
 from tests.distributed import TINY, launch, train
 
-FP32_TOL = 1e-3  # fp32 losses of two plugins on the same rows: reduction order only
+FP32_TOL = 1e-3  # fp32 losses of two plugins over several steps: reduction order only
+REF_TOL = 1e-5  # fp32 first-step loss against the same model run in this process
 
 
 def tiny_llama(tokenizer_dir, out, vocab_size):
@@ -75,21 +79,50 @@ def test_tp2_odd_vocabulary_saves_and_exports_trimmed(tokenizer_dir, sft_data, t
     assert head.shape[0] == 3072 and torch.count_nonzero(head[3000:]) == 0
 
 
-def test_pp2_rows_of_varying_length_match_ddp(tokenizer_dir, sft_data, tmp_path):
-    # Without padding (3072 = 48*64) so that ddp runs the very same model.
-    model = tiny_llama(tokenizer_dir, tmp_path / "model", vocab_size=3072)
+def first_rows(dataset, n: int, pad_id: int, max_length=None) -> dict:
+    """The batch of the first step's n rows, in the order every plugin's sampler deals them."""
+    sampler = BucketSampler(dataset, 1, 0, seed=42)
+    sampler.set_epoch(0)
+    order = list(iter(sampler))[:n]
+    return PackedCollator(pad_id, max_length)([dataset[i] for i in order])
+
+
+@pytest.fixture(scope="module")
+def pp_runs(tokenizer_dir, sft_data, tmp_path_factory):
+    """pp 2 over SFT rows padded per batch; ddp on request. Vocabulary 3072 = 48*64 (no padding),
+    so that every plugin and the in-process reference run the very same model."""
+    base = tmp_path_factory.mktemp("pp")
+    model = tiny_llama(tokenizer_dir, base / "model", vocab_size=3072)
     common = ["--pretrained", model, "--dataset", sft_data, "--max_length", "128", "--padding_mode", "longest",
               "--max_steps", "4", "--mixed_precision", "fp32", "--lr", "1e-3"]
-    pp = train(common + ["--plugin", "3d", "--pp", "2", "--batch_size", "2", "--microbatch_size", "1",
-                         "--save_dir", tmp_path / "ckpt_pp"], tmp_path / "logs_pp")
-    ddp = train(common + ["--plugin", "ddp", "--batch_size", "1", "--save_dir", tmp_path / "ckpt_ddp"],
-                tmp_path / "logs_ddp")
+    runs = {"model": model, "common": common, "base": base}
+    runs["pp"] = train(common + ["--plugin", "3d", "--pp", "2", "--batch_size", "2", "--microbatch_size", "1",
+                                 "--save_dir", base / "ckpt_pp"], base / "logs_pp")
+    return runs
+
+
+def test_pp2_trains_on_rows_of_varying_length(pp_runs, sft_data):
+    pp = pp_runs["pp"]
     assert pp["info"]["pp_size"] == 2 and len(pp["losses"]) == 4
     # rows really vary: each step pads its two rows to their longer one, and steps differ in length
     assert all(0 < r["padding_fraction"] for r in pp["records"])
     assert len({r["tokens"] for r in pp["records"]}) > 1
+    # step 1 (before any update): one row per micro-batch, the mean of the two rows' own losses
+    dataset = BinnedDataset([str(sft_data)])
+    batch = first_rows(dataset, 2, dataset.pad_id)
+    model = AutoModelForCausalLM.from_pretrained(pp_runs["model"])
+    with torch.no_grad():
+        rows = [model(**{k: v[i:i + 1] for k, v in batch.items()}).loss.item() for i in range(2)]
+    assert abs(pp["losses"][0] - sum(rows) / 2) <= REF_TOL, (pp["losses"][0], rows)
+
+
+@pytest.mark.slow
+def test_pp2_matches_ddp(pp_runs):
+    base = pp_runs["base"]
+    ddp = train(pp_runs["common"] + ["--plugin", "ddp", "--batch_size", "1", "--save_dir", base / "ckpt_ddp"],
+                base / "logs_ddp")
     # one row per micro-batch (pp) or per rank (ddp): the same mean of per-row means
-    for step, (a, b) in enumerate(zip(pp["losses"], ddp["losses"]), start=1):
+    for step, (a, b) in enumerate(zip(pp_runs["pp"]["losses"], ddp["losses"]), start=1):
         assert abs(a - b) <= FP32_TOL, f"step {step}: pp2 {a:.6f} vs ddp {b:.6f}"
 
 
@@ -109,17 +142,37 @@ def test_bad_3d_shapes_are_refused_in_one_line(flags, start, hint, tmp_path):
     assert "exitcode: 2" in proc.stdout and "[rank0]: Traceback" not in proc.stdout
 
 
-def test_sp_all_to_all_reads_every_sample_and_matches_ddp(tmp_path):
+@pytest.fixture(scope="module")
+def sp_run(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sp")
+    run = train(TINY + SP_FLAGS + ["--plugin", "3d", "--sp", "2", "--enable_sequence_parallelism", "--sp_mode",
+                                   "all_to_all", "--batch_size", "2", "--save_dir", base / "ckpt"], base / "logs")
+    return {"base": base, "run": run}
+
+
+SP_FLAGS = ["--num_epochs", "1", "--mixed_precision", "fp32"]
+
+
+def test_sp_all_to_all_reads_every_sample_once(sp_run):
     # 16 samples, one epoch. sp 2 on 2 ranks: both ranks hold the same rows (split along the
     # sequence), so there is one data-parallel replica and 2 rows per step make 8 steps.
-    flags = ["--num_epochs", "1", "--mixed_precision", "fp32"]
-    sp = train(TINY + flags + ["--plugin", "3d", "--sp", "2", "--enable_sequence_parallelism", "--sp_mode",
-                               "all_to_all", "--batch_size", "2", "--save_dir", tmp_path / "ckpt_sp"],
-               tmp_path / "logs_sp")
-    ddp = train(TINY + flags + ["--plugin", "ddp", "--batch_size", "1", "--save_dir", tmp_path / "ckpt_ddp"],
-                tmp_path / "logs_ddp")
+    sp = sp_run["run"]
     assert sp["info"]["sp_size"] == 2 and sp["info"]["data_parallel_size"] == 1
     assert len(sp["records"]) == 8 and sum(r["tokens"] for r in sp["records"]) == 16 * 64
+    # step 1 (before any update) is the loss of one process on the same 2 rows: causal attention
+    # included (it was lost under SDPA), and the same rows read.
+    model = build_model(None, "tiny", seed=42)
+    batch = first_rows(RandomTokenDataset(16, 64, model.config.vocab_size, seed=42), 2, 0)
+    with torch.no_grad():
+        reference = model(**batch).loss.item()
+    assert abs(sp["losses"][0] - reference) <= REF_TOL, (sp["losses"][0], reference)
+
+
+@pytest.mark.slow
+def test_sp_all_to_all_matches_ddp(sp_run):
+    base = sp_run["base"]
+    ddp = train(TINY + SP_FLAGS + ["--plugin", "ddp", "--batch_size", "1", "--save_dir", base / "ckpt_ddp"],
+                base / "logs_ddp")
     assert len(ddp["records"]) == 8
-    for step, (a, b) in enumerate(zip(sp["losses"], ddp["losses"]), start=1):
+    for step, (a, b) in enumerate(zip(sp_run["run"]["losses"], ddp["losses"]), start=1):
         assert abs(a - b) <= FP32_TOL, f"step {step}: sp all_to_all {a:.6f} vs ddp {b:.6f}"
