@@ -50,33 +50,43 @@ def sft_data(tokenizer_dir, tmp_path_factory):
     return out / "data"
 
 
-def test_tp2_odd_vocabulary_saves_and_exports_trimmed(tokenizer_dir, sft_data, tmp_path):
-    # 3000 (the tokenizer's size) is not a multiple of 64*tp: the shardformer would pad it and
-    # Colossal-AI 0.5.0's optimizer save then fails ("parameter isn't evenly distributed").
+# name -> (flags, vocabulary after padding to 64*tp). 3000 (the tokenizer's size) is not a multiple of
+# 64*tp: unpadded, the shardformer pads it itself and Colossal-AI 0.5.0's save fails (tp: "parameter
+# isn't evenly distributed"; ZeRO and pp: no attribute '_unpad_detach').
+ODD_VOCAB_RUNS = {
+    "tp2": (["--tp", "2", "--batch_size", "2", "--mixed_precision", "fp32"], 3072),
+    "zero1": (["--zero_stage", "1", "--batch_size", "1", "--mixed_precision", "bf16"], 3008),
+    "pp2": (["--pp", "2", "--batch_size", "2", "--mixed_precision", "fp32"], 3008),
+}
+
+
+@pytest.mark.parametrize("name", sorted(ODD_VOCAB_RUNS))
+def test_odd_vocabulary_saves_and_exports_trimmed(name, tokenizer_dir, sft_data, tmp_path):
+    flags, padded = ODD_VOCAB_RUNS[name]
     model = tiny_llama(tokenizer_dir, tmp_path / "model", vocab_size=3000)
-    run = train(["--pretrained", model, "--dataset", sft_data, "--plugin", "3d", "--tp", "2", "--batch_size", "2",
-                 "--max_length", "128", "--max_steps", "2", "--save_interval", "1", "--mixed_precision", "fp32",
-                 "--lr", "0", "--save_dir", tmp_path / "ckpt"], tmp_path / "logs")
-    assert run["info"]["tp_size"] == 2 and len(run["losses"]) == 2
+    run = train(["--pretrained", model, "--dataset", sft_data, "--plugin", "3d", *flags, "--max_length", "128",
+                 "--max_steps", "2", "--save_interval", "1", "--lr", "0", "--save_dir", tmp_path / "ckpt"],
+                tmp_path / "logs")
+    assert len(run["losses"]) == 2 and all(r["loss"] > 0 for r in run["records"])
     saved = json.loads((tmp_path / "ckpt" / "step-1" / "modeling" / "config.json").read_text())
-    assert (saved["vocab_size"], saved["unpadded_vocab_size"]) == (3072, 3000)
+    assert (saved["vocab_size"], saved["unpadded_vocab_size"]) == (padded, 3000)
 
     export(str(tmp_path / "ckpt" / "step-2"), str(tmp_path / "hf"))
     exported = json.loads((tmp_path / "hf" / "config.json").read_text())
     assert exported["vocab_size"] == 3000 and "unpadded_vocab_size" not in exported
-    # lr 0: the exported weights are the input model's, bit for bit: padding, tp sharding, gathering
-    # and trimming kept every real row in its place.
+    # lr 0: the exported weights are the input model's (in the training precision), bit for bit:
+    # padding, sharding, gathering and trimming kept every real row in its place.
     original = AutoModelForCausalLM.from_pretrained(model).state_dict()
-    back = AutoModelForCausalLM.from_pretrained(tmp_path / "hf").state_dict()
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype="auto").state_dict()
     assert back.keys() == original.keys()
     for key, tensor in original.items():
-        assert torch.equal(back[key], tensor), key
+        assert torch.equal(back[key], tensor.to(back[key].dtype)), key
     # the checkpoint itself holds the padded rows (zeros, never trained at lr 0)
     weights = {}
     for f in (tmp_path / "ckpt" / "step-2" / "modeling").glob("*.safetensors"):
         weights.update(load_file(f))
     head = next(v for k, v in weights.items() if k.endswith("lm_head.weight"))
-    assert head.shape[0] == 3072 and torch.count_nonzero(head[3000:]) == 0
+    assert head.shape[0] == padded and torch.count_nonzero(head[3000:]) == 0
 
 
 def first_rows(dataset, n: int, pad_id: int, max_length=None) -> dict:
