@@ -46,6 +46,9 @@ def check_3d(cfg: TrainConfig, world: int) -> None:
         _refuse("--sp: a sequence-parallel size needs --enable_sequence_parallelism --sp_mode all_to_all "
                 "(split_gather and ring use the tp group as sp group: leave --sp 1)")
     if cfg.enable_sequence_parallelism:
+        if cfg.sp_mode != "all_to_all" and cfg.tp == 1:
+            _refuse(f"--sp_mode {cfg.sp_mode}: splits rows over the tensor-parallel group; give --tp 2 or more, "
+                    "or use --sp_mode all_to_all --sp N")
         # Rows are split along the sequence over the sp group (split_gather/ring: the tp group).
         pieces = sp if cfg.sp_mode == "all_to_all" else cfg.tp
         if not fixed_row_length(cfg) or cfg.max_length % pieces:
@@ -116,9 +119,9 @@ def build_plugin(cfg: TrainConfig):
             enable_flash_attention=cfg.use_flash_attn,
             enable_sequence_parallelism=cfg.enable_sequence_parallelism,
             cpu_offload=cfg.zero_stage >= 1 and cfg.zero_cpu_offload,
-            # The loss is computed on vocabulary shards (shardformer's dist_cross_entropy); True
-            # would all-gather fp32 logits of the full vocabulary on every tp rank, and only the
-            # loss is read (loop.py never touches logits).
+            # The loss is computed on vocabulary shards (shardformer's dist_cross_entropy); False
+            # would all-gather fp32 logits of the full vocabulary on every tp rank, although only
+            # the loss is read (loop.py never touches logits).
             parallel_output=True,
             # The pipeline caches the first micro-batch's shapes and reuses them for every later
             # send/receive: right only when every row has the same length.

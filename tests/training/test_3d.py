@@ -17,6 +17,8 @@ from colossal_hammer.data.sft import main as prepare_sft
 from colossal_hammer.demo import texts
 from colossal_hammer.model.build import build_model
 from colossal_hammer.model.export import export
+from colossal_hammer.training.config import TrainConfig
+from colossal_hammer.training.plugins import check_3d
 from tests.conftest import write_jsonl
 from tests.distributed import TINY, launch, train
 
@@ -136,20 +138,42 @@ def test_pp2_matches_ddp(pp_runs):
         assert abs(a - b) <= FP32_TOL, f"step {step}: pp2 {a:.6f} vs ddp {b:.6f}"
 
 
-@pytest.mark.parametrize("flags, start, hint", [
-    (["--pp", "2", "--batch_size", "1"], "error: --pp 2 --batch_size 1 --microbatch_size 1:", "use --batch_size 2"),
-    # rows of varying length cannot be split in 2 along the sequence
-    (["--sp", "2", "--enable_sequence_parallelism", "--sp_mode", "all_to_all", "--max_length", "63"],
-     "error: --enable_sequence_parallelism --sp_mode all_to_all:", "--max_length a multiple of 2"),
-])
-def test_bad_3d_shapes_are_refused_in_one_line(flags, start, hint, tmp_path):
-    proc = launch(TINY + ["--plugin", "3d", "--max_steps", "1", *flags], tmp_path / "logs")
+def test_pp2_with_one_micro_batch_is_refused_in_one_line(tmp_path):
+    proc = launch(TINY + ["--plugin", "3d", "--max_steps", "1", "--pp", "2", "--batch_size", "1"], tmp_path / "logs")
     assert proc.returncode != 0
     errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stdout[-3000:]
-    assert errors[0].startswith(start) and hint in errors[0], errors[0]
+    assert errors[0].startswith("error: --pp 2 --batch_size 1 --microbatch_size 1:") and "use --batch_size 2" in errors[0]
     # the workers exit with status 2 and no traceback of their own (torchrun's agent prints its own)
     assert "exitcode: 2" in proc.stdout and "[rank0]: Traceback" not in proc.stdout
+    assert "Number of microbatch" not in proc.stdout  # the schedule's assertion was never reached
+
+
+SP = dict(enable_sequence_parallelism=True)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(pp=2, batch_size=3, microbatch_size=2), "error: --batch_size 3: must be a multiple of --microbatch_size 2"),
+    (dict(pp=2, batch_size=2, microbatch_size=2), "error: --pp 2 --batch_size 2 --microbatch_size 2:"),
+    (dict(sp=2), "error: --sp: a sequence-parallel size needs --enable_sequence_parallelism"),
+    # rows of varying length (or an odd --max_length) cannot be split in 2 along the sequence
+    (dict(sp=2, sp_mode="all_to_all", **SP), "error: --enable_sequence_parallelism --sp_mode all_to_all:"),
+    (dict(sp=2, sp_mode="all_to_all", padding_mode="max_length", max_length=63, **SP), "a multiple of 2"),
+    (dict(sp_mode="split_gather", padding_mode="max_length", **SP), "error: --sp_mode split_gather: splits rows"),
+    (dict(tp=2, pp=2), "error: --tp 2 --pp 2 --sp 1: world size 2 is not divisible by tp*pp*sp = 4"),
+    (dict(pp=2, batch_size=2), None),
+    (dict(tp=2, sp_mode="split_gather", padding_mode="max_length", max_length=64, **SP), None),
+    (dict(sp=2, sp_mode="all_to_all", padding_mode="max_length", max_length=64, **SP), None),
+])
+def test_3d_shapes_checked_at_start(fields, message, capsys):
+    cfg = TrainConfig(plugin="3d", dataset=["data"], pretrained="model", **fields)
+    if message is None:
+        check_3d(cfg, world=2)
+        return
+    with pytest.raises(SystemExit) as exit_:
+        check_3d(cfg, world=2)
+    err = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and len(err) == 1 and message in err[0], err
 
 
 @pytest.fixture(scope="module")
