@@ -20,6 +20,9 @@ NAMED_CONFIGS = {
 
 DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 
+# config.json key holding the vocabulary size before `pad_vocabulary`; export trims back to it.
+UNPADDED_VOCAB_KEY = "unpadded_vocab_size"
+
 
 def load_config(spec: str) -> LlamaConfig:
     if spec in NAMED_CONFIGS:
@@ -30,23 +33,99 @@ def load_config(spec: str) -> LlamaConfig:
         return LlamaConfig(**json.load(f))
 
 
+def unpadded_vocab_size(config) -> int:
+    """The vocabulary the tokenizer (and the data) has; ids at or above it are padding rows."""
+    return getattr(config, UNPADDED_VOCAB_KEY, None) or config.vocab_size
+
+
+def pad_vocabulary(model, multiple: int) -> int:
+    """Pad the input embeddings and lm_head with zero rows to a multiple of `multiple`; return the new size.
+
+    Colossal-AI's shardformer pads a vocabulary that is not a multiple of 64*tp itself, and 0.5.0's
+    checkpoint IO then fails on the padded tensors (optimizer save under tp: "parameter isn't evenly
+    distributed"; ZeRO/pp: `_unpad_detach`). A model whose vocabulary is already a multiple is never
+    padded there. No id reaches the new rows (the data uses the tokenizer's ids), so their embeddings
+    are never read, and `mask_padded_logits` keeps them out of the softmax, so the loss is the unpadded
+    vocabulary's (Megatron's and Colossal-AI's own padding leave them in, which shifts the loss by about
+    log(padded/real) at the start). Works on LazyInitContext models (the ops are recorded).
+    """
+    config = model.config
+    old = config.vocab_size
+    new = -(-old // multiple) * multiple
+    if new == old:
+        return old
+    embeddings, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head is not None and head.weight is embeddings.weight
+
+    def padded(weight):
+        return torch.nn.Parameter(torch.cat([weight.data, weight.data.new_zeros(new - old, weight.shape[1])]),
+                                  requires_grad=weight.requires_grad)
+
+    embeddings.weight = padded(embeddings.weight)
+    embeddings.num_embeddings = new
+    if head is not None:
+        head.weight = embeddings.weight if tied else padded(head.weight)
+        head.out_features = new
+    setattr(config, UNPADDED_VOCAB_KEY, unpadded_vocab_size(config))
+    config.vocab_size = new
+    # Under LazyInitContext the Booster loads the pretrained weights after sharding, and a checkpoint
+    # may hold fewer rows (unpadded, or padded for a smaller tp): pad them on their way in.
+    model.register_load_state_dict_pre_hook(_pad_rows_on_load)
+    return new
+
+
+def mask_padded_logits(model, tp_rank: int = 0) -> None:
+    """Give the padding rows of the output vocabulary the lowest logit, so they take no share of the softmax
+    (the loss equals an unpadded model's) and get no gradient. Call it on the model as it will run (after
+    the Booster's shardformer replaced lm_head): under tensor parallelism each rank's logits are its slice
+    of the vocabulary, starting at tp_rank * width."""
+    real, padded = unpadded_vocab_size(model.config), model.config.vocab_size
+    head = model.get_output_embeddings()
+    if head is None or real >= padded:
+        return
+
+    def hook(module, args, logits):
+        width = logits.shape[-1]
+        start = tp_rank * width if width < padded else 0
+        cut = max(0, min(width, real - start))
+        if cut == width:
+            return logits
+        keep = torch.arange(width, device=logits.device) < cut
+        return logits.masked_fill(~keep, torch.finfo(logits.dtype).min)
+
+    head.register_forward_hook(hook)
+
+
+def _pad_rows_on_load(module, state_dict, prefix, *args) -> None:
+    new = module.config.vocab_size
+    for key in (prefix + "model.embed_tokens.weight", prefix + "lm_head.weight"):
+        tensor = state_dict.get(key)
+        if tensor is not None and tensor.shape[0] < new:
+            state_dict[key] = torch.cat([tensor, tensor.new_zeros(new - tensor.shape[0], *tensor.shape[1:])])
+
+
 def build_model(pretrained: str | None, model_config: str | None, seed: int, dtype: torch.dtype = torch.float32,
-                lazy_ctx=None, attn_implementation: str = "sdpa"):
+                lazy_ctx=None, attn_implementation: str = "sdpa", vocab_multiple: int = 1):
     """Return the model on CPU; the plugin casts it to its precision and places it.
 
     Pretrained weights load in `dtype` (the training precision) to halve host memory on big models.
     A config-built model is created eagerly right after seeding, so every plugin starts from the same
     weights whatever it shards. `lazy_ctx` (Colossal-AI's LazyInitContext) is used for pretrained
-    weights only, where it saves host memory on large models.
+    weights only, where it saves host memory on large models. The vocabulary is then padded to a
+    multiple of `vocab_multiple` (`pad_vocabulary`); the real rows stay as built or loaded.
     """
     if model_config is not None:
         torch.manual_seed(seed)
         config = load_config(model_config)
         config._attn_implementation = attn_implementation
-        return AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+        pad_vocabulary(model, vocab_multiple)
+        return model
     if not os.path.isdir(pretrained):
         raise SystemExit(f"error: --pretrained {pretrained!r} is not a folder")
     with lazy_ctx or nullcontext():
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             pretrained, torch_dtype=dtype, attn_implementation=attn_implementation, use_safetensors=None
         )
+        pad_vocabulary(model, vocab_multiple)
+    return model

@@ -59,6 +59,20 @@ def load_weights(modeling_dir: str) -> Dict[str, torch.Tensor]:
     return state
 
 
+def trim_vocabulary(config, state: Dict[str, torch.Tensor]) -> None:
+    """Drop the rows build.pad_vocabulary added for tensor parallelism, from the weights and the config."""
+    from .build import UNPADDED_VOCAB_KEY
+
+    size = getattr(config, UNPADDED_VOCAB_KEY, None)
+    if size is None:
+        return
+    padded, config.vocab_size = config.vocab_size, size
+    delattr(config, UNPADDED_VOCAB_KEY)
+    for key, tensor in state.items():
+        if key.endswith(("embed_tokens.weight", "lm_head.weight")) and tensor.shape[0] == padded:
+            state[key] = tensor[:size]
+
+
 def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokenizer_dir: Optional[str] = None) -> dict:
     modeling = hf_folder_of(checkpoint, "--checkpoint")
     if tokenizer_dir:
@@ -74,6 +88,7 @@ def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokeni
     except (ValueError, OSError) as e:  # a config.json that is not JSON or names no model type
         raise InputError(f"{os.path.join(modeling, 'config.json')}: {str(e).splitlines()[0][:200]}") from None
     state = load_weights(modeling)
+    trim_vocabulary(config, state)
     model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
     expected = set(model.state_dict())
     tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()

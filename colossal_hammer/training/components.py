@@ -13,11 +13,12 @@ from torch.utils.data import DataLoader
 from ..data.loader import BinnedDataset, BucketSampler, PackedCollator
 from ..data.random_data import RandomTokenDataset
 from ..errors import InputError
-from ..model.build import build_model
+from ..model.build import UNPADDED_VOCAB_KEY, build_model
 from ..model.folders import hf_folder_of
 from ..model.doc_attention import DocumentAttention
 from ..model.doc_attention import install as install_document_attention
 from .config import TrainConfig
+from .plugins import vocab_multiple
 
 
 def weights_source(cfg: TrainConfig) -> Tuple[Optional[str], Optional[str]]:
@@ -34,7 +35,8 @@ def weights_source(cfg: TrainConfig) -> Tuple[Optional[str], Optional[str]]:
 
 
 def model_vocab_size(cfg: TrainConfig) -> int:
-    """The vocabulary the model will have, read from its config without building it."""
+    """The tokenizer's vocabulary the model is built for (before any tensor-parallel padding), read from its
+    config without building it."""
     from ..model.build import load_config
 
     weights_dir, model_config = weights_source(cfg)
@@ -42,9 +44,11 @@ def model_vocab_size(cfg: TrainConfig) -> int:
         return load_config(model_config).vocab_size
     try:
         with open(os.path.join(weights_dir, "config.json"), encoding="utf-8") as f:
-            return int(json.load(f)["vocab_size"])
+            config = json.load(f)
+        return int(config.get(UNPADDED_VOCAB_KEY) or config["vocab_size"])
     except (OSError, ValueError, KeyError) as e:
-        raise SystemExit(f"error: --pretrained {weights_dir}: no readable config.json with a vocab_size ({e})") from None
+        raise SystemExit(f"error: --pretrained {weights_dir}: no readable config.json with a vocab_size "
+                         f"({e})") from None
 
 
 def tokenizer_folder(weights_dir: Optional[str]) -> Optional[str]:
@@ -58,6 +62,11 @@ def attention_implementation(cfg: TrainConfig) -> str:
     """flash_attention_2 when asked for and possible (a GPU and the flash-attn package), else SDPA."""
     if cfg.use_flash_attn and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
+    if cfg.plugin == "3d" and cfg.enable_sequence_parallelism and not cfg.use_flash_attn:
+        # The shardformer's sequence-parallel attention applies whatever mask the model builds; under
+        # SDPA, HF builds none for unpadded rows (it relies on is_causal), so attention would see
+        # the future. Eager always builds the causal mask (tests/training/test_3d.py).
+        return "eager"
     return "sdpa"
 
 
@@ -85,7 +94,7 @@ def _is_rank0() -> bool:
 def make_model(cfg: TrainConfig, dtype: torch.dtype, lazy_ctx) -> torch.nn.Module:
     weights_dir, model_config = weights_source(cfg)
     model = build_model(weights_dir, model_config, cfg.seed, dtype=dtype, lazy_ctx=lazy_ctx,
-                        attn_implementation=attention_implementation(cfg))
+                        attn_implementation=attention_implementation(cfg), vocab_multiple=vocab_multiple(cfg))
     spec = document_attention(cfg)
     if spec.mode == "continuous" and _is_rank0():
         print("warning: --plugin 3d --use_flash_attn: Colossal-AI's flash attention takes no document boundaries; "

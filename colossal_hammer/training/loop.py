@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 
 from .. import compat
-from ..model.build import DTYPES
+from ..model.build import DTYPES, mask_padded_logits, unpadded_vocab_size
 from ..model.neftune import NEFTune
 from ..data.packing import IGNORE_INDEX
 from ..errors import InputError
@@ -78,7 +78,7 @@ class Trainer:
         preflight.agreed(lambda: preflight.check_free_space(cfg.save_dir, self.num_params))
 
         self.dataset, self.sampler, self.dataloader = make_data(
-            cfg, model.config.vocab_size, self.layout.dp_size, self.layout.dp_rank)
+            cfg, unpadded_vocab_size(model.config), self.layout.dp_size, self.layout.dp_rank)
         samples_per_rank = len(self.sampler.global_order(0)) // self.layout.dp_size
         self.steps_per_epoch = samples_per_rank // (cfg.batch_size * cfg.accumulation_steps)
         if self.steps_per_epoch == 0:
@@ -92,6 +92,8 @@ class Trainer:
         self.model, self.optimizer, _, _, self.lr_scheduler = self.booster.boost(
             model=model, optimizer=optimizer, lr_scheduler=scheduler)
         unwrapped = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
+        tp_group = getattr(self.plugin, "tp_group", None)
+        mask_padded_logits(unwrapped, dist.get_rank(tp_group) if tp_group is not None else 0)
         self.neftune = NEFTune(unwrapped.get_input_embeddings(), cfg.neft_alpha) if cfg.use_neft else None
 
         self.step = 0

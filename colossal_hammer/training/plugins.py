@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 import torch.distributed as dist
@@ -11,6 +12,58 @@ from .config import TrainConfig
 
 # What runs on a CPU-only host through colossal_hammer.compat (tests/training/test_plugin_parity.py).
 CPU_PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "3d")
+
+
+# Colossal-AI's default for make_vocab_size_divisible_by: the vocabulary is padded to a multiple of
+# this times tp (its kernels' preference), here at model build (model.build.pad_vocabulary).
+VOCAB_MULTIPLE = 64
+
+
+def vocab_multiple(cfg: TrainConfig) -> int:
+    """The multiple the model's vocabulary is padded to at build: only plugin 3d shards (and pads) it."""
+    return VOCAB_MULTIPLE * cfg.tp if cfg.plugin == "3d" else 1
+
+
+def fixed_row_length(cfg: TrainConfig) -> bool:
+    """Every batch has the same shape: random tokens, or rows padded to --max_length."""
+    return cfg.benchmark or cfg.padding_mode == "max_length"
+
+
+def _refuse(message: str) -> None:
+    """A bad flag combination: one `error:` line (from rank 0 only) and exit status 2, no traceback."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(f"error: {message}", file=sys.stderr, flush=True)
+    raise SystemExit(2)
+
+
+def check_3d(cfg: TrainConfig, world: int) -> None:
+    """Refuse at start, in one line, what HybridParallelPlugin would assert on deep in a step."""
+    sp = cfg.sp if cfg.enable_sequence_parallelism and cfg.sp_mode == "all_to_all" else 1
+    model_parallel = cfg.tp * cfg.pp * sp
+    if world % model_parallel:
+        _refuse(f"--tp {cfg.tp} --pp {cfg.pp} --sp {cfg.sp}: world size {world} is not divisible by "
+                f"tp*pp*sp = {model_parallel}")
+    if cfg.sp > 1 and sp == 1:
+        _refuse("--sp: a sequence-parallel size needs --enable_sequence_parallelism --sp_mode all_to_all "
+                "(split_gather and ring use the tp group as sp group: leave --sp 1)")
+    if cfg.enable_sequence_parallelism:
+        if cfg.sp_mode != "all_to_all" and cfg.tp == 1:
+            _refuse(f"--sp_mode {cfg.sp_mode}: splits rows over the tensor-parallel group; give --tp 2 or more, "
+                    "or use --sp_mode all_to_all --sp N")
+        # Rows are split along the sequence over the sp group (split_gather/ring: the tp group).
+        pieces = sp if cfg.sp_mode == "all_to_all" else cfg.tp
+        if not fixed_row_length(cfg) or cfg.max_length % pieces:
+            _refuse(f"--enable_sequence_parallelism --sp_mode {cfg.sp_mode}: each row is split into {pieces} equal "
+                    f"pieces, so every row needs the same length, a multiple of {pieces}; use --padding_mode "
+                    f"max_length with --max_length a multiple of {pieces} (got {cfg.padding_mode}, {cfg.max_length})")
+    if cfg.pp > 1:
+        if cfg.batch_size % cfg.microbatch_size:
+            _refuse(f"--batch_size {cfg.batch_size}: must be a multiple of --microbatch_size {cfg.microbatch_size}")
+        if cfg.batch_size // cfg.microbatch_size < cfg.pp:
+            _refuse(
+                f"--pp {cfg.pp} --batch_size {cfg.batch_size} --microbatch_size {cfg.microbatch_size}: the "
+                f"pipeline needs at least {cfg.pp} micro-batches per step; use --batch_size "
+                f"{cfg.pp * cfg.microbatch_size} (or more, a multiple of --microbatch_size)")
 
 
 @dataclass
@@ -51,15 +104,7 @@ def build_plugin(cfg: TrainConfig):
             max_norm=clip,
         )
     if cfg.plugin == "3d":
-        world = dist.get_world_size()
-        model_parallel = cfg.tp * cfg.pp * (cfg.sp if cfg.sp_mode == "all_to_all" else 1)
-        if world % model_parallel:
-            raise SystemExit(
-                f"error: world size {world} is not divisible by tp*pp*sp = {model_parallel} "
-                f"(--tp {cfg.tp} --pp {cfg.pp} --sp {cfg.sp})"
-            )
-        if cfg.pp > 1 and cfg.batch_size % cfg.microbatch_size:
-            raise SystemExit(f"error: --batch_size {cfg.batch_size} must be a multiple of --microbatch_size")
+        check_3d(cfg, dist.get_world_size())
         kwargs = dict(
             tp_size=cfg.tp,
             pp_size=cfg.pp,
@@ -68,7 +113,16 @@ def build_plugin(cfg: TrainConfig):
             enable_flash_attention=cfg.use_flash_attn,
             enable_sequence_parallelism=cfg.enable_sequence_parallelism,
             cpu_offload=cfg.zero_stage >= 1 and cfg.zero_cpu_offload,
-            parallel_output=False,
+            # The loss is computed on vocabulary shards (shardformer's dist_cross_entropy); False
+            # would all-gather fp32 logits of the full vocabulary on every tp rank, although only
+            # the loss is read (loop.py never touches logits).
+            parallel_output=True,
+            # The pipeline caches the first micro-batch's shapes and reuses them for every later
+            # send/receive: right only when every row has the same length.
+            enable_metadata_cache=fixed_row_length(cfg),
+            # build_model pads the vocabulary to this multiple already (vocab_multiple), so the
+            # shardformer never pads it: its padded tensors break 0.5.0's checkpoint save.
+            make_vocab_size_divisible_by=VOCAB_MULTIPLE,
             max_norm=clip,
             precision=cfg.mixed_precision,
             initial_scale=2**16,
@@ -175,8 +229,11 @@ def layout_of(plugin) -> ParallelLayout:
         tp_first = dist.get_rank(plugin.tp_group) == 0
         sp_first = plugin.sp_group is None or dist.get_rank(plugin.sp_group) == 0
         no_sync = plugin.zero_stage != 2 and not pipeline
+        # dp_group holds the ranks that read different samples. plugin.dp_size counts the group
+        # gradients are averaged over, which under all_to_all sp also spans the sp ranks (the
+        # same rows, split along the sequence): with it the sampler would skip half the data.
         return ParallelLayout(
-            dp_size=plugin.dp_size,
+            dp_size=dist.get_world_size(plugin.dp_group),
             dp_rank=dist.get_rank(plugin.dp_group),
             pipeline=pipeline,
             loss_owner=last_stage and tp_first and sp_first,

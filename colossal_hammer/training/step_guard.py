@@ -40,8 +40,23 @@ def local_grads_finite(model, optimizer) -> torch.Tensor:
     return torch.stack([torch.isfinite(g).all() for g in grads]).all()
 
 
+def _end_of_step(optimizer) -> None:
+    """Gemini counts non-finite gradient chunks in a counter that only its fp16 mixin resets (at zero_grad);
+    under bf16 it would never go back to zero after one bad step, so it is reset here, once per step."""
+    manager = getattr(optimizer, "chunk_manager", None)
+    if manager is not None:
+        manager.overflow_counter.zero_()
+
+
 def skip_step(optimizer) -> None:
     """Leave the optimizer exactly as its own overflow branch would (gradients cleared, loss scale backed off)."""
+    try:
+        _skip_step(optimizer)
+    finally:
+        _end_of_step(optimizer)
+
+
+def _skip_step(optimizer) -> None:
     mixin = _mixin(optimizer)
     if mixin is not None:
         from colossalai.amp.naive_amp.mixed_precision_mixin import FP16MixedPrecisionMixin
@@ -68,6 +83,7 @@ def step_and_report(optimizer) -> bool:
     scaler = getattr(optimizer, "scaler", None)
     scale_before: Optional[float] = float(scaler.get_scale()) if scaler is not None else None
     optimizer.step()
+    _end_of_step(optimizer)
     mixin = _mixin(optimizer)
     found = getattr(mixin, "found_overflow", None)
     if found is not None and float(found) > 0:
