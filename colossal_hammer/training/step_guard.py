@@ -41,11 +41,14 @@ def local_grads_finite(model, optimizer) -> torch.Tensor:
 
 
 def _end_of_step(optimizer) -> None:
-    """Gemini counts non-finite gradient chunks in a counter that only its fp16 mixin resets (at zero_grad);
-    under bf16 it would never go back to zero after one bad step, so it is reset here, once per step."""
+    """Two things Gemini's skip branch leaves behind, reset once per step: the counter of non-finite gradient
+    chunks (only its fp16 mixin resets it, so under bf16 one bad step would flag every later one), and
+    gradient accumulation mode (only a real step ends it, so after a skip the next micro-batch would add to
+    the bad gradients)."""
     manager = getattr(optimizer, "chunk_manager", None)
     if manager is not None:
         manager.overflow_counter.zero_()
+        manager.accumulating_grads = False
 
 
 def skip_step(optimizer) -> None:
