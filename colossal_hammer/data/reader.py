@@ -85,10 +85,49 @@ def open_binary(path: str) -> io.BufferedIOBase:
     if path.endswith(".gz"):
         return gzip.open(path, "rb")
     if path.endswith(".zst"):
+        return io.BufferedReader(_ZstdReader(path), buffer_size=1 << 16)
+    return open(path, "rb")
+
+
+class _ZstdReader(io.RawIOBase):
+    """Every frame of a .zst file, decompressed. A file that ends inside a frame raises EOFError, as gzip
+    does: zstandard's own stream_reader just stops there, and the lines after the cut vanish unseen."""
+
+    def __init__(self, path: str):
         import zstandard
 
-        return io.BufferedReader(zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True))
-    return open(path, "rb")
+        self._new = zstandard.ZstdDecompressor().decompressobj
+        self._raw = open(path, "rb")
+        self._obj = self._new()
+        self._in_frame = False  # part of a frame was fed and its end not yet seen
+        self._out, self._pos = b"", 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._pos == len(self._out):
+            chunk = self._raw.read(1 << 16)  # small reads bound memory, whatever the compression ratio
+            if not chunk:
+                if self._in_frame:
+                    raise EOFError("the zstd stream ends inside a frame")
+                return 0
+            out = []
+            while chunk:
+                self._in_frame = True
+                out.append(self._obj.decompress(chunk))
+                chunk = b""
+                if self._obj.eof:  # a frame ended: what follows belongs to the next one
+                    chunk, self._obj, self._in_frame = self._obj.unused_data, self._new(), False
+            self._out, self._pos = b"".join(out), 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos: self._pos + n]
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
 
 
 def iter_lines(path: str, name: str = "") -> Iterator[Tuple[int, bytes]]:
@@ -106,7 +145,7 @@ def iter_lines(path: str, name: str = "") -> Iterator[Tuple[int, bytes]]:
     except Exception as e:  # noqa: BLE001 - zstandard raises its own ZstdError, not an OSError
         if type(e).__name__ != "ZstdError":
             raise
-        raise InputError(f"{name or path}: corrupt zstd data after line {number} ({e}); "
+        raise InputError(f"{name or path}: corrupt zstd data ({e}) after {number} lines read; "
                          f"re-download or re-compress the file") from None
 
 

@@ -45,3 +45,23 @@ def test_invalid_utf8_and_truncated_gzip(tmp_path):
     gz.write_bytes(data[: len(data) // 2])
     with pytest.raises(InputError, match=f"^{gz}: truncated"):
         list(iter_lines(str(gz)))
+
+
+def test_zstd_every_frame_read_and_truncation_caught(tmp_path):
+    zstandard = pytest.importorskip("zstandard")
+    lines = [b'{"text": "line %d"}' % i for i in range(20000)]
+    # two frames, as concatenating compressed files or a parallel compressor gives
+    data = b"".join(zstandard.ZstdCompressor().compress(b"\n".join(part) + b"\n")
+                    for part in (lines[:12000], lines[12000:]))
+    path = tmp_path / "a.jsonl.zst"
+    path.write_bytes(data)
+    assert [raw for _, raw in iter_lines(str(path))] == lines
+    for cut in (len(data) // 3, len(data) - 3):  # inside the first frame, inside the last
+        path.write_bytes(data[:cut])
+        with pytest.raises(InputError, match=f"^{path}: truncated"):
+            list(iter_lines(str(path)))
+    damaged = bytearray(data)
+    damaged[10:30] = bytes(20)
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(InputError, match=f"^{path}: corrupt zstd data"):
+        list(iter_lines(str(path)))
