@@ -103,8 +103,8 @@ def _alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
-        return True
+    except (PermissionError, OverflowError):
+        return True  # someone else's process, or not a pid at all: either way not ours to clean
     return True
 
 
@@ -129,7 +129,12 @@ def clean_stale(out_dir: str) -> None:
             print(f"note: {path} belongs to process {pid}, which is still running (another prepare into "
                   f"{out_dir}?); left alone", file=sys.stderr)
             continue
-        shutil.rmtree(path)
+        try:
+            shutil.rmtree(path)
+        except OSError as e:
+            print(f"note: {path}, left by process {pid} (no longer running), could not be removed: {e.strerror}",
+                  file=sys.stderr)
+            continue
         print(f"note: removed {path}, left by process {pid} (no longer running) of an interrupted prepare",
               file=sys.stderr)
 

@@ -142,7 +142,8 @@ def _check_output(cfg: PrepareConfig) -> str:
     if not out_dir:
         raise InputError("--data_output_dirs: give an output folder (not the file system root)")
     inputs = {d: "input folder" for d in cfg.input_dirs()}
-    inputs.setdefault(cfg.tokenizer_dir, "tokenizer folder")
+    if os.path.isdir(cfg.tokenizer_dir):  # else a hub name, nothing on disk to protect
+        inputs.setdefault(cfg.tokenizer_dir, "tokenizer folder")
     output.check_apart(out_dir, inputs)
     output.check_replaceable(out_dir, cfg.overwrite)
     return out_dir
