@@ -154,8 +154,8 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
     """Run the pipeline; returns the manifest dict. Raises InputError on user mistakes.
 
     `describe()` loads the tokenizer and returns (pad id, more top-level manifest keys); it is called only
-    once the flags and folders passed their checks, so those mistakes are told in a second, not after a
-    minute of imports. Workers return ("skip", file, line, reason, detail) or ("doc", file, line,
+    once the flags and folders passed their checks, so those mistakes are told before transformers is even
+    imported. Workers return ("skip", file, line, reason, detail) or ("doc", file, line,
     category, ids, labels, target_tokens, dropped), dropped being None or (reason, turns, tokens)."""
     if cfg.max_length < 2:
         raise InputError(f"--max_length must be >= 2 (got {cfg.max_length})")
