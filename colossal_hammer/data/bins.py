@@ -8,11 +8,12 @@ each block of K consecutive rows, so every bin gets an even share of the categor
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import random
 import re
-from typing import List
+from typing import Dict, List
 
 import numpy as np
 import pyarrow as pa
@@ -45,7 +46,33 @@ def bin_dirname(k: int) -> str:
     return f"bin-{k:05d}"
 
 
+def is_bin_dirname(name: str) -> bool:
+    return re.fullmatch(r"bin-\d{5,}", name) is not None
+
+
 DATA_FILE = "data-00000-of-00001.arrow"
+BIN_FILES = (DATA_FILE, "dataset_info.json", "state.json")  # everything a sealed bin folder holds
+
+
+class _HashingFile(io.RawIOBase):
+    """A write-only file that hashes what goes through it, so no data file is read back to hash it."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        self.file = open(path, "wb")
+        self.sha256 = hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:
+        self.sha256.update(data)
+        return self.file.write(data)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.file.close()
+        super().close()
 
 
 class CategoryBins:
@@ -67,7 +94,10 @@ class CategoryBins:
         self.pending: List[List[tuple]] = [[] for _ in range(num_bins)]
         self.pending_tokens = [0] * num_bins
         self.tokens_per_batch = tokens_per_batch
-        self.writers = [pa.ipc.new_stream(self._stream_path(k), self.schema) for k in range(num_bins)]
+        self.out_dir = out_dir
+        self.files = [_HashingFile(self._stream_path(k)) for k in range(num_bins)]
+        self.writers = [pa.ipc.new_stream(pa.PythonFile(f, mode="w"), self.schema) for f in self.files]
+        self.digests: Dict[str, str] = {}  # data file path relative to out_dir -> sha256, once sealed
 
     def _stream_path(self, k: int) -> str:
         return os.path.join(self.dir, bin_dirname(k), DATA_FILE)
@@ -100,11 +130,12 @@ class CategoryBins:
         for k in range(self.num_bins):
             self._write(k)
             self.writers[k].close()
+            self.files[k].close()
+            digest = self.files[k].sha256.hexdigest()
+            self.digests[os.path.relpath(self._stream_path(k), self.out_dir)] = digest
             bin_dir = os.path.join(self.dir, bin_dirname(k))
             DatasetInfo(features=self.features).write_to_directory(bin_dir)
-            with open(self._stream_path(k), "rb") as f:
-                fingerprint = hashlib.sha256(f.read()).hexdigest()[:16]
-            state = {"_data_files": [{"filename": DATA_FILE}], "_fingerprint": fingerprint, "_format_columns": None,
+            state = {"_data_files": [{"filename": DATA_FILE}], "_fingerprint": digest[:16], "_format_columns": None,
                      "_format_kwargs": {}, "_format_type": None, "_output_all_columns": False, "_split": None}
             with open(os.path.join(bin_dir, "state.json"), "w", encoding="utf-8") as f:
                 json.dump(state, f, indent=2, sort_keys=True)
@@ -116,15 +147,10 @@ def _list_array(arrays: List[np.ndarray]) -> pa.ListArray:
     return pa.ListArray.from_arrays(pa.array(offsets), pa.array(np.concatenate(arrays), type=pa.int32()))
 
 
-def content_hash(out_dir: str) -> str:
-    """sha256 over every Arrow data file and its relative path, in sorted order."""
+def content_hash(digests: Dict[str, str]) -> str:
+    """sha256 over every Arrow data file's relative path and sha256 (as `CategoryBins.digests` holds them),
+    in sorted order: the data is hashed once, while it is written."""
     digest = hashlib.sha256()
-    files = []
-    for root, _, names in os.walk(out_dir):
-        files.extend(os.path.join(root, n) for n in names if n.endswith(".arrow"))
-    for path in sorted(files):
-        digest.update(os.path.relpath(path, out_dir).encode())
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
+    for path in sorted(digests):
+        digest.update(f"{path}\0{digests[path]}\n".encode())
     return digest.hexdigest()

@@ -1,24 +1,42 @@
 """manifest.json: what went in, what came out, what was dropped and why. Deterministic by construction:
-no timings, no absolute paths, no worker counts, sorted keys."""
+no timings, no absolute paths, no worker counts, sorted keys.
+
+Keys:
+- `kind` ("pretrain" | "sft"), `settings` (everything that determines the output, `pad_id` included).
+- `chat_template` (SFT only): the exact jinja template the conversations were rendered with, the
+  tokenizer's own or the built-in Llama-2/Llama-3 one. Training copies it into the checkpoint's
+  tokenizer, so inference formats prompts as the model was taught.
+- `files`: per input file `lines`; `skipped` lines by reason (records.py names the reasons);
+  `dropped_turns` and `dropped_tokens` by reason: turns cut from conversations that were otherwise
+  kept (the tokens they would have had), e.g. `too_long`, `empty_reply`, `dropped_by_template`,
+  `no_reply`; and per category `documents`, `tokens`, `target_tokens`.
+- `categories`: per category `rows`, `tokens_out`, `padding`, `bins` (rows per bin),
+  `chunked_documents`, `dirname` (its folder).
+- `totals`: the sums of the above, and `output_hash`: sha256 over each Arrow file's relative path and
+  sha256 (bins.content_hash).
+"""
 
 from __future__ import annotations
 
 import json
 from collections import Counter, defaultdict
-from typing import Dict
+from typing import Dict, Optional
 
 
 class Manifest:
-    def __init__(self, kind: str, settings: dict):
+    def __init__(self, kind: str, settings: dict, extra: Optional[dict] = None):
         self.kind = kind
         self.settings = settings
-        # file name -> {"lines": n, "skipped": {reason: n}, "categories": {cat: {"documents": n, "tokens": n}}}
+        self.extra = dict(extra or {})  # top-level keys written after `settings`, e.g. chat_template
+        # file name -> {"lines": n, "skipped": {reason: n}, "dropped_turns": {reason: n},
+        #               "dropped_tokens": {reason: n}, "categories": {cat: {"documents": n, "tokens": n, ...}}}
         self.files: Dict[str, dict] = {}
         self.categories: Dict[str, dict] = {}
 
     def _file(self, name: str) -> dict:
         if name not in self.files:
-            self.files[name] = {"lines": 0, "skipped": Counter(),
+            self.files[name] = {"lines": 0, "skipped": Counter(), "dropped_turns": Counter(),
+                                "dropped_tokens": Counter(),
                                 "categories": defaultdict(lambda: {"documents": 0, "tokens": 0, "target_tokens": 0})}
         return self.files[name]
 
@@ -27,6 +45,12 @@ class Manifest:
 
     def skipped(self, name: str, reason: str) -> None:
         self._file(name)["skipped"][reason] += 1
+
+    def dropped(self, name: str, reason: str, turns: int, tokens: int) -> None:
+        """Part of a kept document was cut: `turns` turns that would have been `tokens` tokens."""
+        entry = self._file(name)
+        entry["dropped_turns"][reason] += turns
+        entry["dropped_tokens"][reason] += tokens
 
     def document(self, name: str, category: str, tokens: int, target_tokens: int) -> None:
         entry = self._file(name)["categories"][category]
@@ -40,6 +64,8 @@ class Manifest:
     def to_dict(self, output_hash: str) -> dict:
         files = {
             name: {"lines": f["lines"], "skipped": dict(sorted(f["skipped"].items())),
+                   "dropped_turns": dict(sorted(f["dropped_turns"].items())),
+                   "dropped_tokens": dict(sorted(f["dropped_tokens"].items())),
                    "categories": {c: dict(v) for c, v in sorted(f["categories"].items())}}
             for name, f in sorted(self.files.items())
         }
@@ -47,6 +73,8 @@ class Manifest:
         for f in files.values():
             totals["lines"] += f["lines"]
             totals["skipped"] += sum(f["skipped"].values())
+            totals["dropped_turns"] += sum(f["dropped_turns"].values())
+            totals["dropped_tokens"] += sum(f["dropped_tokens"].values())
             for c in f["categories"].values():
                 totals["documents"] += c["documents"]
                 totals["tokens_in"] += c["tokens"]
@@ -55,7 +83,7 @@ class Manifest:
             totals["tokens_out"] += c["tokens_out"]
             totals["rows"] += c["rows"]
             totals["padding"] += c["padding"]
-        return {"kind": self.kind, "settings": self.settings, "files": files,
+        return {"kind": self.kind, "settings": self.settings, **self.extra, "files": files,
                 "categories": dict(sorted(self.categories.items())), "totals": dict(sorted(totals.items())),
                 "output_hash": output_hash}
 

@@ -10,7 +10,7 @@ Streaming: `add()` yields rows as soon as they are full; memory is one row plus 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Iterator, List, Optional
 
 IGNORE_INDEX = -100
@@ -22,9 +22,6 @@ class PackedRow:
     labels: List[int]  # IGNORE_INDEX where a token carries no loss (context, padding)
     doc_lengths: List[int]  # lengths of the document pieces in order; they sum to len - num_padding
     num_padding: int = 0
-
-    def position_ids(self) -> List[int]:
-        return position_ids(self.doc_lengths, len(self.input_ids))
 
 
 def position_ids(doc_lengths: List[int], width: int) -> List[int]:
@@ -98,13 +95,23 @@ class Packer:
         self._ids, self._labels, self._docs = [], [], []
         return row
 
-    # A packer mid-stream is resumable: its state is the partial row and the counters.
-    def state_dict(self) -> dict:
-        return {"ids": list(self._ids), "labels": list(self._labels), "docs": list(self._docs),
-                "stats": asdict(self.stats), "max_length": self.max_length, "pad_id": self.pad_id}
 
-    def load_state_dict(self, state: dict) -> None:
-        if (state["max_length"], state["pad_id"]) != (self.max_length, self.pad_id):
-            raise ValueError("packer state was saved with a different max_length or pad_id")
-        self._ids, self._labels, self._docs = list(state["ids"]), list(state["labels"]), list(state["docs"])
-        self.stats = PackingStats(**state["stats"])
+class OnePerRow:
+    """One document per row, unpadded (SFT without --pack): the interface and the stats of `Packer`,
+    so the caller reads its figures from `stats` either way."""
+
+    def __init__(self):
+        self.stats = PackingStats()
+
+    def add(self, input_ids: List[int], labels: Optional[List[int]] = None) -> Iterator[PackedRow]:
+        labels = list(input_ids) if labels is None else labels
+        if len(labels) != len(input_ids) or not input_ids:
+            raise ValueError("labels and input_ids must be non-empty and of one length")
+        self.stats.documents += 1
+        self.stats.rows += 1
+        self.stats.tokens_in += len(input_ids)
+        self.stats.tokens_out += len(input_ids)
+        yield PackedRow(input_ids, labels, [len(input_ids)], 0)
+
+    def flush(self) -> Optional[PackedRow]:
+        return None

@@ -3,7 +3,8 @@
 Lines are read in a fixed file order and handed in batches to worker processes, whose results come
 back in submission order (at most a few batches in flight, so memory stays flat); the main process
 alone packs and writes, which makes the output independent of the number of workers. Everything is
-written to OUT.tmp-<pid> and renamed to OUT only when complete.
+written to OUT.tmp-<pid> and renamed to OUT only when complete (output.py: which OUT is allowed, what
+--overwrite may replace, leftovers of killed runs).
 """
 
 from __future__ import annotations
@@ -16,11 +17,12 @@ import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
-from typing import Callable, Dict, Iterator, List
+from typing import Callable, Dict, Iterator, List, Tuple
 
+from . import output
 from .bins import CategoryBins, content_hash
 from .manifest import Manifest
-from .packing import Packer, PackedRow
+from .packing import OnePerRow, Packer
 from ..errors import InputError
 from .reader import iter_lines, list_input_files
 from .records import BLANK
@@ -55,14 +57,18 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     a = parser.add_argument
     a("--data_input_dirs", required=True, help="Comma-separated folders of *.jsonl, *.jsonl.gz, *.jsonl.zst files.")
     a("--tokenizer_dir", required=True, help="HF tokenizer folder.")
-    a("--data_output_dirs", required=True, help="Output folder (must not exist unless --overwrite).")
+    a("--data_output_dirs", required=True,
+      help="Output folder: must not exist unless --overwrite, and must not be, contain or lie inside an input "
+           "or the tokenizer folder.")
     a("--max_length", type=int, default=4096, help="Tokens per row.")
     a("--num_spliced_dataset_bins", type=int, default=10, help="Bins per category (bucket k = bin k of every category).")
     a("--num_workers", type=int, default=max(1, (os.cpu_count() or 1)), help="Tokenizer processes.")
     a("--seed", type=int, default=42, help="Seed of the row-to-bin assignment.")
     a("--on_error", choices=("fail", "skip"), default="fail",
       help="On a bad line: stop with an error naming file and line, or skip it and count it in the manifest.")
-    a("--overwrite", action="store_true", help="Replace an existing output folder (only once the new one is complete).")
+    a("--overwrite", action="store_true",
+      help="Replace an existing output folder, once the new one is complete; only a folder an earlier run of "
+           "prepare_*_dataset.py wrote (its manifest.json and bins, nothing else) is ever deleted.")
     return parser
 
 
@@ -99,7 +105,7 @@ def _ordered_results(batches, factory, tokenizer_dir, num_workers: int) -> Itera
 def _batches(files, size: int) -> Iterator[list]:
     batch = []
     for file_index, f in enumerate(files):
-        for line_no, raw in iter_lines(f.path):
+        for line_no, raw in iter_lines(f.path, f.name):
             batch.append((file_index, line_no, raw))
             if len(batch) >= size:
                 yield batch
@@ -110,52 +116,64 @@ def _batches(files, size: int) -> Iterator[list]:
 
 # ---- main side -------------------------------------------------------------------------------------
 class _Category:
+    """One category's rows (packed, or one document each) streaming into its bins; figures from the packer's stats."""
+
     def __init__(self, name, cfg: PrepareConfig, out_dir: str, pad_id: int):
         self.bins = CategoryBins(out_dir, name, cfg.num_spliced_dataset_bins, cfg.seed)
-        self.packer = Packer(cfg.max_length, pad_id) if cfg.pack else None
-        self.rows = self.padding = self.tokens_out = 0
+        self.rows = Packer(cfg.max_length, pad_id) if cfg.pack else OnePerRow()
 
     def add(self, ids, labels) -> None:
-        rows = self.packer.add(ids, labels) if self.packer else [PackedRow(ids, labels, [len(ids)], 0)]
-        for row in rows:
-            self._write(row)
+        for row in self.rows.add(ids, labels):
+            self.bins.add(row)
 
     def finish(self) -> dict:
-        if self.packer:
-            last = self.packer.flush()
-            if last is not None:
-                self._write(last)
+        last = self.rows.flush()
+        if last is not None:
+            self.bins.add(last)
         self.bins.seal()
-        return {"rows": self.rows, "tokens_out": self.tokens_out, "padding": self.padding, "bins": list(self.bins.rows_per_bin),
-                "chunked_documents": self.packer.stats.chunked_documents if self.packer else 0,
+        stats = self.rows.stats
+        return {"rows": stats.rows, "tokens_out": stats.tokens_out, "padding": stats.padding,
+                "bins": list(self.bins.rows_per_bin), "chunked_documents": stats.chunked_documents,
                 "dirname": os.path.basename(self.bins.dir)}
 
-    def _write(self, row: PackedRow) -> None:
-        self.bins.add(row)
-        self.rows += 1
-        self.padding += row.num_padding
-        self.tokens_out += len(row.input_ids) - row.num_padding
+
+def _check_output(cfg: PrepareConfig) -> str:
+    out_dir = cfg.data_output_dirs.rstrip("/")
+    if not out_dir:
+        raise InputError("--data_output_dirs: give an output folder (not the file system root)")
+    inputs = {d: "input folder" for d in cfg.input_dirs()}
+    if os.path.isdir(cfg.tokenizer_dir):  # else a hub name, nothing on disk to protect
+        inputs.setdefault(cfg.tokenizer_dir, "tokenizer folder")
+    output.check_apart(out_dir, inputs)
+    output.check_replaceable(out_dir, cfg.overwrite)
+    return out_dir
 
 
-def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable, pad_id: int) -> dict:
-    """Run the pipeline; returns the manifest dict. Raises InputError on user mistakes."""
-    import datasets
-    from tqdm import tqdm
+def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
+                describe: Callable[[], Tuple[int, dict]]) -> dict:
+    """Run the pipeline; returns the manifest dict. Raises InputError on user mistakes.
 
+    `describe()` loads the tokenizer and returns (pad id, more top-level manifest keys); it is called only
+    once the flags and folders passed their checks, so those mistakes are told before transformers is even
+    imported. Workers return ("skip", file, line, reason, detail) or ("doc", file, line,
+    category, ids, labels, target_tokens, dropped), dropped being None or (reason, turns, tokens)."""
     if cfg.max_length < 2:
         raise InputError(f"--max_length must be >= 2 (got {cfg.max_length})")
     if cfg.num_spliced_dataset_bins < 1:
         raise InputError("--num_spliced_dataset_bins must be >= 1")
-    out_dir = cfg.data_output_dirs.rstrip("/")
-    if os.path.exists(out_dir) and not cfg.overwrite:
-        raise InputError(f"{out_dir}: output folder exists; remove it or pass --overwrite")
+    out_dir = _check_output(cfg)
     files = list_input_files(cfg.input_dirs())
+    pad_id, extra = describe()
+
+    import datasets
+    from tqdm import tqdm
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     datasets.disable_progress_bars()
 
-    tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp_dir, ignore_errors=True)
-    manifest = Manifest(kind, {**cfg.settings(), "pad_id": pad_id})
+    output.clean_stale(out_dir)
+    tmp_dir = output.make_tmp(out_dir)
+    manifest = Manifest(kind, {**cfg.settings(), "pad_id": pad_id}, extra)
     categories: Dict[str, _Category] = {}
     start = time.perf_counter()
     tokens = 0
@@ -172,31 +190,43 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable, pad_id:
                         raise InputError(f"{name}:{line_no}: {detail}")
                     manifest.skipped(name, reason)
                     continue
-                category, ids, labels, target_tokens = rest
+                category, ids, labels, target_tokens, dropped = rest
                 if category not in categories:
                     categories[category] = _Category(category, cfg, tmp_dir, pad_id)
                 categories[category].add(ids, labels)
                 manifest.document(name, category, len(ids), target_tokens)
+                if dropped:
+                    manifest.dropped(name, *dropped)
                 tokens += len(ids)
             bar.update(sum(1 for r in results if r[0] == "doc"))
             bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - start):,.0f}")
         bar.close()
         if not categories:
             raise InputError(f"{cfg.data_input_dirs}: no document survived (see skipped lines with --on_error skip)")
+        digests = {}
         for name in sorted(categories):
             manifest.category(name, **categories[name].finish())
-        data = manifest.write(os.path.join(tmp_dir, "manifest.json"), content_hash(tmp_dir))
-    except BaseException:
+            digests.update(categories[name].bins.digests)
+        data = manifest.write(os.path.join(tmp_dir, "manifest.json"), content_hash(digests))
+        output.replace(tmp_dir, out_dir)
+    except BaseException as e:
         bar.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        failure = output.write_failure(e, tmp_dir, out_dir) if isinstance(e, OSError) else None
+        if failure is not None:
+            raise failure from None
         raise
-    if os.path.exists(out_dir):
-        shutil.rmtree(out_dir)
-    os.rename(tmp_dir, out_dir)
     elapsed = time.perf_counter() - start
     totals = data["totals"]
     print(f"{kind}: {totals.get('documents', 0):,} documents, {totals.get('tokens_in', 0):,} tokens -> "
           f"{totals.get('rows', 0):,} rows ({totals.get('padding', 0):,} padding), "
           f"{totals.get('skipped', 0):,} lines skipped, {elapsed:.1f}s, "
           f"{totals.get('tokens_in', 0) / max(elapsed, 1e-9):,.0f} tokens/s -> {out_dir}", file=sys.stderr)
+    if totals.get("dropped_turns"):
+        reasons = {}
+        for f in data["files"].values():
+            for reason, n in f["dropped_turns"].items():
+                reasons[reason] = reasons.get(reason, 0) + n
+        print(f"{kind}: {totals['dropped_turns']:,} turns ({totals['dropped_tokens']:,} tokens) cut from kept "
+              f"conversations: " + ", ".join(f"{r} {n:,}" for r, n in sorted(reasons.items())), file=sys.stderr)
     return data

@@ -37,7 +37,8 @@ class PretrainWorker:
             parts = next(encoded)
             source_ids, target_ids = (parts[0], parts[1]) if source else ([], parts[0])
             ids, labels = self.tok.pretrain_example(source_ids, target_ids)
-            results.append(("doc", file_index, line_no, category, ids, labels, len(ids) - labels.count(IGNORE_INDEX)))
+            results.append(("doc", file_index, line_no, category, ids, labels, len(ids) - labels.count(IGNORE_INDEX),
+                            None))  # pretraining never cuts a document (long ones are chunked)
         return results
 
 
@@ -51,7 +52,7 @@ def main(argv: Optional[List[str]] = None) -> dict:
     result = {}
 
     def body():
-        result.update(run_prepare(cfg, "pretrain", PretrainWorker, pad_id(cfg.tokenizer_dir)))
+        result.update(run_prepare(cfg, "pretrain", PretrainWorker, lambda: (pad_id(cfg.tokenizer_dir), {})))
 
     main_with_errors(body)
     return result

@@ -15,6 +15,11 @@ NON_STRING_FIELD = "non_string_field"
 EMPTY_TEXT = "empty_text"
 BAD_MESSAGES = "bad_messages"
 TOO_LONG = "too_long"
+# SFT: why turns were cut from a conversation (a line whose first exchange is cut is skipped, same names).
+EMPTY_REPLY = "empty_reply"  # an assistant turn with no text: it would teach "question -> end token"
+DROPPED_BY_TEMPLATE = "dropped_by_template"  # the chat template renders no trace of a message (e.g. a system
+# message after the first turn under the Llama-2 template)
+NO_REPLY = "no_reply"  # trailing turns that no assistant reply follows
 
 
 class RecordProblem(Exception):

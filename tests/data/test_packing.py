@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from colossal_hammer.data.packing import IGNORE_INDEX, Packer
+from colossal_hammer.data.packing import IGNORE_INDEX, OnePerRow, Packer, position_ids
 
 PAD = 0
 
@@ -52,8 +52,10 @@ def test_long_document_is_chunked_not_truncated():
 def test_position_ids_restart_per_document_piece():
     rows, _ = pack_all([[5, 6, 7], [8, 9], [10, 11, 12, 13]], max_length=6)
     assert rows[0].doc_lengths == [3, 2, 1]
-    assert rows[0].position_ids() == [0, 1, 2, 0, 1, 0]
-    assert rows[1].doc_lengths == [3] and rows[1].position_ids() == [0, 1, 2, 3, 4, 5]
+    assert position_ids(rows[0].doc_lengths, 6) == [0, 1, 2, 0, 1, 0]
+    assert rows[1].doc_lengths == [3] and position_ids(rows[1].doc_lengths, 6) == [0, 1, 2, 3, 4, 5]
+    # padding continues the last piece's count
+    assert position_ids([2], 5) == [0, 1, 2, 3, 4]
 
 
 def test_labels_travel_with_their_tokens():
@@ -64,17 +66,14 @@ def test_labels_travel_with_their_tokens():
     assert got == [lab for ls in labels for lab in ls]
 
 
-def test_resume_from_state_gives_the_same_rows():
-    docs = random_docs(2, n=60)
-    straight, _ = pack_all(docs, 32)
-    first = Packer(32, pad_id=PAD)
-    rows = [r for d in docs[:25] for r in first.add(d)]
-    second = Packer(32, pad_id=PAD)
-    second.load_state_dict(first.state_dict())
-    rows += [r for d in docs[25:] for r in second.add(d)]
-    rows.append(second.flush())
-    assert [r.input_ids for r in rows] == [r.input_ids for r in straight]
-    assert second.stats.tokens_out == sum(map(len, docs))
+def test_one_per_row_counts_like_the_packer():
+    docs = random_docs(3, n=20)
+    one = OnePerRow()
+    rows = [r for d in docs for r in one.add(d)]
+    assert one.flush() is None
+    assert [r.input_ids for r in rows] == docs and all(r.doc_lengths == [len(r.input_ids)] for r in rows)
+    assert (one.stats.rows, one.stats.documents, one.stats.padding) == (len(docs), len(docs), 0)
+    assert one.stats.tokens_in == one.stats.tokens_out == sum(map(len, docs))
 
 
 def test_bad_arguments():
@@ -84,5 +83,5 @@ def test_bad_arguments():
         list(Packer(4, pad_id=PAD).add([1, 2], [1]))
     with pytest.raises(ValueError, match="empty document"):
         list(Packer(4, pad_id=PAD).add([]))
-    with pytest.raises(ValueError, match="different max_length"):
-        Packer(8, pad_id=PAD).load_state_dict(Packer(4, pad_id=PAD).state_dict())
+    with pytest.raises(ValueError):
+        list(OnePerRow().add([]))

@@ -133,3 +133,20 @@ def test_zstd_input(tokenizer_dir, tmp_path):
                  str(tmp_path / "out"), "--max_length", "128", "--num_spliced_dataset_bins", "2"])
     assert m["totals"]["documents"] == 20
     assert list(m["files"]) == [str(tmp_path / "in" / "a.jsonl.zst")]
+
+
+def test_overwrite_replaces_our_own_output_whole(tokenizer_dir, tmp_path):
+    write_jsonl(tmp_path / "in" / "a.jsonl", corpus_rows()[:30])
+    flags = ["--data_input_dirs", str(tmp_path / "in"), "--tokenizer_dir", tokenizer_dir, "--data_output_dirs",
+             str(tmp_path / "out"), "--num_spliced_dataset_bins", "2"]
+    first = prepare([*flags, "--max_length", "64"])
+    second = prepare([*flags, "--max_length", "128", "--overwrite"])
+    assert first["output_hash"] != second["output_hash"]
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text()) == second
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out"]  # no tmp or old folder left behind
+    # the output hash is over what is on disk
+    from colossal_hammer.data.bins import content_hash
+    import hashlib
+    digests = {str(p.relative_to(tmp_path / "out")): hashlib.sha256(p.read_bytes()).hexdigest()
+               for p in (tmp_path / "out").rglob("*.arrow")}
+    assert len(digests) == 2 and content_hash(digests) == second["output_hash"]
