@@ -18,30 +18,14 @@ import os
 from collections import defaultdict
 from typing import Dict, List, Optional, Tuple
 
-from ..data.records import RecordProblem, load_object, string_field
+from ..data import reader
 from ..errors import (InputError, check_device, check_output_file, check_positive, require_file, require_model,
                       run_cli, write_json)
 
 
 def read_documents(path: str) -> List[Tuple[str, str]]:
-    """(category, text) pairs; a .txt file's category is its file name."""
-    docs = []
-    with open(path, "rb") as f:
-        for number, raw in enumerate(f, start=1):
-            if not raw.strip():
-                continue
-            if not path.endswith(".jsonl"):
-                try:
-                    docs.append((os.path.basename(path), raw.decode("utf-8").rstrip("\n")))
-                except UnicodeDecodeError:
-                    raise InputError(f"{path}:{number}: not UTF-8 text; convert the file to UTF-8") from None
-                continue
-            try:
-                obj = load_object(raw)
-                text = string_field(obj, "text" if "text" in obj else "target")
-                docs.append((string_field(obj, "category", os.path.basename(path)), text))
-            except RecordProblem as p:
-                raise InputError(f"{path}:{number}: {p.detail}") from None
+    """(category, text) pairs (data.reader's one reader; a .txt file's category is its file name)."""
+    docs = reader.read_documents(path)
     if not docs:
         raise InputError(f"{path}: no documents")
     return docs

@@ -189,7 +189,10 @@ def check_free_space(save_dir: str, num_params: int) -> None:
 def dataset_chat_template(cfg: TrainConfig) -> Optional[str]:
     """The chat template SFT data was rendered with (prepare_sft_dataset.py records it), if any."""
     templates = {m.get("chat_template") for _, m in _manifests(cfg)} - {None}
-    return templates.pop() if len(templates) == 1 else None
+    if len(templates) > 1:
+        fail("--dataset: the SFT datasets were rendered with different chat templates; prepare them with one "
+             "tokenizer and --llama_version, so the model learns one format")
+    return templates.pop() if templates else None
 
 
 def before_start(cfg: TrainConfig, vocab_size: int) -> dict:

@@ -30,7 +30,8 @@ def test_pretrain_and_sft_datasets_train(tokenizer_dir, tmp_path):
                  "--batch_size", "2", "--max_steps", "6", "--lr", "3e-3", "--category_weights", "english=0.5",
                  "--save_dir", tmp_path / "ckpt"], tmp_path / "logs")
     assert len(run["losses"]) == 6 and run["losses"][-1] < run["losses"][0]
-    assert all(r["tokens"] == 4 * 64 - r["padding_fraction"] * 4 * 64 for r in run["records"])
+    # packed rows are full but for each category's last one: nearly all of the 6 steps x 4 rows x 64 are tokens
+    assert 0.9 * 6 * 4 * 64 < sum(r["tokens"] for r in run["records"]) <= 6 * 4 * 64
     # the tokenizer travelled with the weights into the checkpoint
     assert (tmp_path / "ckpt" / "step-6" / "modeling" / "tokenizer.json").is_file()
     assert manifest["totals"]["rows"] >= 24
@@ -45,6 +46,10 @@ def test_pretrain_and_sft_datasets_train(tokenizer_dir, tmp_path):
                  "ddp", "--max_length", "128", "--batch_size", "2", "--max_steps", "4", "--use_neft",
                  "--save_dir", tmp_path / "ckpt_sft"], tmp_path / "logs_sft")
     assert len(sft["losses"]) == 4 and all(0 < r["padding_fraction"] < 1 for r in sft["records"])
+    # the template the SFT rows were rendered with travels into the checkpoint's tokenizer, for inference
+    template = json.loads((tmp_path / "sft" / "manifest.json").read_text())["chat_template"]
+    tokenizer_config = json.loads((tmp_path / "ckpt_sft" / "step-4" / "modeling" / "tokenizer_config.json").read_text())
+    assert template and tokenizer_config["chat_template"] == template
 
 
 def test_train_example_script_runs_as_shipped(tokenizer_dir, tmp_path):
