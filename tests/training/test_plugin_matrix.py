@@ -82,5 +82,6 @@ def test_plugin_trains_skips_resumes_and_matches_ddp(name, setup, tmp_path):
 
     ref = by_step(ddp_reference(setup, dp)["records"])
     assert sorted(ref) == sorted(a)
-    for step in a:
-        assert math.isclose(a[step], ref[step], rel_tol=tolerance), (step, a[step], ref[step])
+    worst = max(abs(a[s] - ref[s]) / abs(ref[s]) for s in a)
+    print(f"\n{name}: {len(a)} steps, largest relative difference to ddp {worst:.2e} (tolerance {tolerance:.0e})")
+    assert worst <= tolerance, (a, ref)
