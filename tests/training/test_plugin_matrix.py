@@ -14,17 +14,18 @@ from tests.training.sft_data import tiny_model, uneven_sft_dataset
 SAMPLES = 24
 # Gemini keeps chunks below 32 Mi elements whole; tiny chunks make it shard the tiny model for real.
 SHARDED_GEMINI = {"COLOSSAL_HAMMER_GEMINI_CHUNK_M": "0.01"}
-# name: (flags, world size, data-parallel size, relative tolerance against DDP fp32)
+# name: (flags, world size, data-parallel size, relative tolerance against DDP fp32). Measured on this
+# machine: bf16 rows 0.9e-4 to 1.7e-4, pp2 fp32 1.2e-7, sp all_to_all (bf16, eager attention) 6.0e-3.
 CONFIGS = {
     "ddp": (["--plugin", "ddp", "--mixed_precision", "fp32"], 2, 2, 1e-5),
-    "zero2": (["--plugin", "zero2", "--mixed_precision", "bf16"], 2, 2, 2e-2),
-    "gemini_sharded": (["--plugin", "gemini", "--mixed_precision", "bf16"], 2, 2, 2e-2),
-    "zero2_cpu": (["--plugin", "zero2_cpu", "--mixed_precision", "bf16"], 2, 2, 2e-2),
-    "3d_tp2": (["--plugin", "3d", "--tp", "2", "--mixed_precision", "bf16"], 2, 1, 2e-2),
+    "zero2": (["--plugin", "zero2", "--mixed_precision", "bf16"], 2, 2, 1e-3),
+    "gemini_sharded": (["--plugin", "gemini", "--mixed_precision", "bf16"], 2, 2, 1e-3),
+    "zero2_cpu": (["--plugin", "zero2_cpu", "--mixed_precision", "bf16"], 2, 2, 1e-3),
+    "3d_tp2": (["--plugin", "3d", "--tp", "2", "--mixed_precision", "bf16"], 2, 1, 1e-3),
     # a pipeline needs >= pp micro-batches per step: the same 2 samples a step as batch 1 x accumulation 2
     "3d_pp2": (["--plugin", "3d", "--pp", "2", "--mixed_precision", "fp32", "--batch_size", "2",
                 "--accumulation_steps", "1"], 2, 1, 1e-4),
-    "3d_tp2_zero1": (["--plugin", "3d", "--tp", "2", "--zero_stage", "1", "--mixed_precision", "bf16"], 2, 1, 2e-2),
+    "3d_tp2_zero1": (["--plugin", "3d", "--tp", "2", "--zero_stage", "1", "--mixed_precision", "bf16"], 2, 1, 1e-3),
     # sequence splitting needs rows of one length: padded to --max_length (the loss ignores the padding)
     "3d_sp2_all_to_all": (["--plugin", "3d", "--sp", "2", "--enable_sequence_parallelism", "--sp_mode", "all_to_all",
                            "--padding_mode", "max_length", "--mixed_precision", "bf16"], 2, 1, 2e-2),
