@@ -124,6 +124,14 @@ class BucketSampler(Sampler[int]):
         self.epoch, self.consumed = state["epoch"], state["consumed"]
 
 
+def join_batches(batches: List[Dict[str, torch.Tensor]], pad_id: int) -> Dict[str, torch.Tensor]:
+    """Collated batches as one, the shorter ones padded on the right (as the collator pads a row)."""
+    width = max(b["input_ids"].shape[1] for b in batches)
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0, "position_ids": 0}
+    return {key: torch.cat([torch.nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=fill[key])
+                            for b in batches]) for key in batches[0]}
+
+
 class PackedCollator:
     """Rows → tensors. Attention mask from each row's real length (never from `input_ids != pad`,
     which would mask every EOS when pad = EOS); position ids restart at each document piece, which is

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from .. import compat
 from ..model.build import DTYPES, mask_padded_logits, unpadded_vocab_size
 from ..model.neftune import NEFTune
+from ..data.loader import join_batches
 from ..data.packing import IGNORE_INDEX
 from ..errors import InputError
 from . import faults, preflight, step_guard
@@ -155,7 +156,7 @@ class Trainer:
             self.neftune.set_lengths(batch["attention_mask"].sum(1))
         if self.layout.pipeline:
             # The schedule divides each pipeline micro-batch's loss by their number; undo that, weight by tokens.
-            per_token = scale * (self.cfg.batch_size // self.cfg.microbatch_size)
+            per_token = scale * (batch["input_ids"].shape[0] // self.cfg.microbatch_size)
 
             def criterion(outputs, inputs):
                 loss = outputs.loss * (label_tokens(inputs["labels"]) * per_token)
@@ -200,6 +201,10 @@ class Trainer:
         labels_total, tokens_total, padding_total, pairs_total = (
             v / replicas for v in self._global_sum(labels, real, padding, pairs))
         scale = self.layout.dp_size / max(labels_total, 1.0)
+        if self.layout.pipeline:
+            # One execute_pipeline per optimizer step, its micro-batches being all the accumulation steps':
+            # the pipeline bubble and the data-parallel gradient sync are paid once, not once per micro-step.
+            batches = [join_batches(batches, self.dataloader.collate_fn.pad_id)]
         loss_sum = None
         for micro, batch in enumerate(batches):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}

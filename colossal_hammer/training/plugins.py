@@ -59,11 +59,12 @@ def check_3d(cfg: TrainConfig, world: int) -> None:
     if cfg.pp > 1:
         if cfg.batch_size % cfg.microbatch_size:
             _refuse(f"--batch_size {cfg.batch_size}: must be a multiple of --microbatch_size {cfg.microbatch_size}")
-        if cfg.batch_size // cfg.microbatch_size < cfg.pp:
+        # the loop hands the pipeline all accumulation steps of an optimizer step as one batch
+        if cfg.batch_size * cfg.accumulation_steps // cfg.microbatch_size < cfg.pp:
             _refuse(
-                f"--pp {cfg.pp} --batch_size {cfg.batch_size} --microbatch_size {cfg.microbatch_size}: the "
-                f"pipeline needs at least {cfg.pp} micro-batches per step; use --batch_size "
-                f"{cfg.pp * cfg.microbatch_size} (or more, a multiple of --microbatch_size)")
+                f"--pp {cfg.pp} --batch_size {cfg.batch_size} --accumulation_steps {cfg.accumulation_steps} "
+                f"--microbatch_size {cfg.microbatch_size}: the pipeline needs at least {cfg.pp} micro-batches per "
+                f"step; use --batch_size {cfg.pp * cfg.microbatch_size} (or more, a multiple of --microbatch_size)")
 
 
 @dataclass
