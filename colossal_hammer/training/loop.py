@@ -1,8 +1,10 @@
 """The training loop: one Trainer for every Booster plugin.
 
-Plugins differ in three places only, all decided once in `plugins.layout_of`: how a step runs
-(plain forward/backward, or `execute_pipeline` under pipeline parallelism), which ranks hold a loss
-that counts towards the data-parallel mean, and whether micro-steps may skip the gradient all-reduce.
+Plugins differ only in what `plugins` decides once, from the plugin object: how a step runs (plain
+forward/backward, or `execute_pipeline` under pipeline parallelism), which ranks hold a loss that
+counts towards the data-parallel mean, and whether micro-steps may skip the gradient all-reduce
+(`layout_of`); and what the loop does itself because the plugin does not: autocast, loss scaling,
+clipping, lazy init (`precision_plan`). How a non-finite step is skipped is `step_guard`'s.
 A run's position is (epoch, step, sampler state, RNG); a checkpoint holds all of it, so a resumed run
 continues exactly where the saved one stood.
 
@@ -35,7 +37,7 @@ from .components import (attention_implementation, document_attention, make_data
                          model_vocab_size, tokenizer_folder, weights_source)
 from .config import TrainConfig
 from .metrics import MetricsLogger, peak_tflops, training_flops
-from .plugins import build_plugin, describe_plugin, layout_of
+from .plugins import build_plugin, describe_plugin, layout_of, precision_plan
 from .schedule import cosine_with_warmup, default_warmup_steps
 
 
@@ -46,7 +48,6 @@ class Trainer:
         import colossalai
         from colossalai.accelerator import get_accelerator
         from colossalai.booster import Booster
-        from colossalai.booster.plugin import GeminiPlugin, HybridParallelPlugin, TorchDDPPlugin
         from colossalai.lazy import LazyInitContext
 
         colossalai.launch_from_torch(seed=cfg.seed, verbose=False)
@@ -54,24 +55,17 @@ class Trainer:
         self.rank = dist.get_rank()
         self.plugin = build_plugin(cfg)
         self.layout = layout_of(self.plugin)
-        is_ddp = isinstance(self.plugin, TorchDDPPlugin)
-        if is_ddp and cfg.mixed_precision == "fp16" and self.device.type == "cpu":
-            raise SystemExit("error: --plugin ddp with fp16 needs a GPU (torch AMP loss scaling); use bf16 or fp32")
+        precision = precision_plan(self.plugin, cfg, self.device.type)
         if cfg.use_flash_attn and attention_implementation(cfg) != "flash_attention_2" and self.rank == 0:
             print("warning: --use_flash_attn needs a GPU and the flash-attn package (pip install .[gpu]); using "
                   "SDPA, which masks packed rows per document", flush=True)
-        # DDP keeps fp32 parameters; bf16 there means autocast compute over fp32 master weights.
-        # fp16 goes through the Booster's torch-AMP (with loss scaling). Other plugins own precision.
-        self.autocast_dtype = DTYPES[cfg.mixed_precision] if is_ddp and cfg.mixed_precision == "bf16" else None
-        booster_precision = "fp16" if is_ddp and cfg.mixed_precision == "fp16" else None
-        self.booster = Booster(plugin=self.plugin, mixed_precision=booster_precision)
-        # Only DDP leaves clipping to us; the ZeRO, Gemini and hybrid optimizers clip with max_norm.
-        self.clip_here = is_ddp and cfg.grad_clip > 0
+        self.autocast_dtype = DTYPES[precision.autocast] if precision.autocast else None
+        self.booster = Booster(plugin=self.plugin, mixed_precision=precision.booster_precision)
+        self.clip_here = precision.clip_in_loop
         start = preflight.agreed(lambda: preflight.before_start(cfg, model_vocab_size(cfg)))
 
-        lazy = LazyInitContext(default_device=self.device) if isinstance(
-            self.plugin, (GeminiPlugin, HybridParallelPlugin)) else None
-        model = make_model(cfg, torch.float32 if is_ddp else DTYPES[cfg.mixed_precision], lazy)
+        lazy = LazyInitContext(default_device=self.device) if precision.lazy_init else None
+        model = make_model(cfg, DTYPES[precision.model_dtype], lazy)
         self.num_params = sum(p.numel() for p in model.parameters())
         self.model_config = model.config
         self.within_documents = document_attention(cfg).within_documents

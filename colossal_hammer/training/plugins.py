@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import dataclass
+from typing import Optional
 
 import torch.distributed as dist
 
@@ -76,6 +77,33 @@ class ParallelLayout:
     pipeline: bool  # steps go through booster.execute_pipeline
     loss_owner: bool  # this rank holds a loss that counts once in the data-parallel mean
     grad_accumulation: str  # "no_sync": skip the all-reduce between micro-steps; "sync": plugin accumulates itself
+
+
+@dataclass
+class PrecisionPlan:
+    """What the loop does itself because the plugin does not. DDP keeps fp32 parameters: bf16 there is
+    autocast over fp32 weights, fp16 the Booster's torch AMP (loss scaling), and clipping is ours. ZeRO,
+    Gemini and the hybrid plugin own precision and clip with max_norm; Gemini and 3d shard at boost, so
+    the model is built under LazyInitContext and each rank materialises only its part."""
+
+    model_dtype: str  # the dtype the model is built in: fp32, bf16 or fp16
+    autocast: Optional[str]  # compute dtype of torch.autocast around the forward, if any
+    booster_precision: Optional[str]  # Booster(mixed_precision=...)
+    clip_in_loop: bool
+    lazy_init: bool
+
+
+def precision_plan(plugin, cfg: TrainConfig, device_type: str) -> PrecisionPlan:
+    from colossalai.booster.plugin import GeminiPlugin, HybridParallelPlugin, TorchDDPPlugin
+
+    if not isinstance(plugin, TorchDDPPlugin):
+        return PrecisionPlan(cfg.mixed_precision, None, None, clip_in_loop=False,
+                             lazy_init=isinstance(plugin, (GeminiPlugin, HybridParallelPlugin)))
+    if cfg.mixed_precision == "fp16" and device_type == "cpu":
+        raise SystemExit("error: --plugin ddp with fp16 needs a GPU (torch AMP loss scaling); use bf16 or fp32")
+    return PrecisionPlan("fp32", autocast="bf16" if cfg.mixed_precision == "bf16" else None,
+                         booster_precision="fp16" if cfg.mixed_precision == "fp16" else None,
+                         clip_in_loop=cfg.grad_clip > 0, lazy_init=False)
 
 
 def build_plugin(cfg: TrainConfig):
