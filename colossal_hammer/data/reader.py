@@ -78,7 +78,7 @@ def _decode(raw: bytes) -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RecordProblem(INVALID_UTF8, f"invalid UTF-8 at byte {e.start}") from None
+        raise RecordProblem(INVALID_UTF8, f"invalid UTF-8 at byte {e.start}; convert the file to UTF-8") from None
 
 
 def open_binary(path: str) -> io.BufferedIOBase:

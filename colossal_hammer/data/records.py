@@ -35,7 +35,7 @@ def load_object(raw: bytes) -> Dict[str, Any]:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise RecordProblem(INVALID_UTF8, f"invalid UTF-8 at byte {e.start}") from None
+        raise RecordProblem(INVALID_UTF8, f"invalid UTF-8 at byte {e.start}; convert the file to UTF-8") from None
     try:
         obj = json.loads(text)
     except json.JSONDecodeError as e:

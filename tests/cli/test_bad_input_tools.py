@@ -29,7 +29,7 @@ CASES = [
     ("analyze-not-a-tokenizer", ANALYZE + ["{empty}"], "not a tokenizer folder"),
     ("analyze-file-not-a-model", ANALYZE + ["{file}"], "not a SentencePiece model"),
     ("analyze-text-missing", ANALYZE + ["{tok}", "--text_file", "{root}/nope.txt"], "--text_file"),
-    ("analyze-text-not-utf8", ANALYZE + ["{tok}", "--text_file", "{latin1}"], "not UTF-8"),
+    ("analyze-text-not-utf8", ANALYZE + ["{tok}", "--text_file", "{latin1}"], "UTF-8"),
     ("analyze-output-no-folder", ANALYZE + ["{tok}", "--output", "{root}/no/report.json"], "does not exist"),
     ("analyze-disk-full", ANALYZE + ["{tok}", "--text_file", "{text}", "--output", "/dev/full"],
      "/dev/full: No space left on device"),
