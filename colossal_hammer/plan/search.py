@@ -191,12 +191,12 @@ def candidates(cfg, shape: Shape, cluster: Cluster):
                             for b in (_powers_of_two(per_rank) if pp == 1 else [per_rank]):
                                 for micro in ((1,) if pp == 1 else [m for m in (1, 2, 4) if per_rank % m == 0
                                                                   and per_rank // m >= pp]):
-                                    yield dataclasses.replace(
-                                        cfg, **base, plugin="3d", tp=tp, pp=pp, zero_stage=zero,
-                                        zero_cpu_offload=offload, enable_sequence_parallelism=seq,
-                                        use_grad_checkpoint=ckpt, batch_size=b, microbatch_size=micro,
-                                        accumulation_steps=per_rank // b,
-                                        padding_mode="max_length" if seq else cfg.padding_mode)
+                                    yield dataclasses.replace(cfg, **{
+                                        **base, "plugin": "3d", "tp": tp, "pp": pp, "zero_stage": zero,
+                                        "zero_cpu_offload": offload, "enable_sequence_parallelism": seq,
+                                        "use_grad_checkpoint": ckpt, "batch_size": b, "microbatch_size": micro,
+                                        "accumulation_steps": per_rank // b,
+                                        "padding_mode": "max_length" if seq else cfg.padding_mode})
 
 
 def search(cfg, shape: Shape, cluster: Cluster) -> List[Plan]:
