@@ -5,8 +5,9 @@ Parts of one device (the pipeline stage that needs most, when pp > 1):
   gradients     as the plugin keeps them between backward and step (+ DDP's buckets, ZeRO's reduce bucket)
   optimizer     fp32 master weights and the two Adam moments held on the device
   activations   Korthikanti et al. (2022): s*b*h*(34 + 5*a*s/h) bytes per layer in 16-bit, split by tp with
-                sequence parallelism (10 + 24/t without), by the all_to_all sp size; flash attention drops
-                5*a*s/h; full recomputation keeps 2*s*b*h per layer plus one layer being recomputed;
+                sequence parallelism (10 + 24/t without), by the all_to_all sp size; the 5*a*s/h term (the
+                stored attention scores) only under eager attention: flash and SDPA's fused kernels
+                recompute them; full recomputation keeps 2*s*b*h per layer plus one layer being recomputed;
                 pp: stage k holds min(pp - k, micro-batches) micro-batches in flight (1F1B)
   logits        the last stage's output: 16-bit logits, their fp32 copy and the fp32 log-softmax the
                 cross-entropy keeps for backward, V*s*b*(2+4+4) bytes (V split over tp under plugin 3d)
@@ -40,9 +41,16 @@ class Memory:
     notes: List[str] = field(default_factory=list)
 
 
+def stores_scores(cfg) -> bool:
+    """Whether attention keeps its s x s scores for backward: only eager attention does. train.py runs SDPA
+    (fused kernels that recompute them) unless plugin 3d's sequence parallelism needs eager attention
+    (training.components.attention_implementation); flash attention never keeps them."""
+    return not cfg.use_flash_attn and cfg.plugin == "3d" and cfg.enable_sequence_parallelism
+
+
 def activation_bytes(cfg, shape: Shape, lay: Layout, micro_batch: int, layers: int, in_flight: int) -> float:
     s, b, h, t = cfg.max_length, micro_batch, shape.hidden, lay.tp
-    attention = 0.0 if cfg.use_flash_attn else 5.0 * shape.heads * s / h
+    attention = 5.0 * shape.heads * s / h if stores_scores(cfg) else 0.0
     if t > 1 and lay.seq_split_tp:
         per_layer = s * b * h * (34.0 + attention) / t
     elif t > 1:

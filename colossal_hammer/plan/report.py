@@ -56,6 +56,7 @@ def to_dict(plan: Plan, cluster: Cluster, change: Optional[tuple] = None, found:
                    flops_per_token=time.flops_per_token, mfu_assumed=time.mfu, mfu_effective=round(time.effective_mfu, 4),
                    pipeline_bubble=round(time.bubble, 4), tokens_per_step=time.tokens_per_step,
                    step_parts_s=dict(compute=round(time.compute_s, 3), data_parallel_comm=round(time.comm_s, 3),
+                                     tensor_parallel_comm=round(time.tp_comm_s, 3),
                                      cpu_offload=round(time.offload_s, 3)))
     if change is not None:
         out["smallest_change"] = None if change[0] is None else {
@@ -93,7 +94,7 @@ def text(d: dict) -> str:
         lines.append(f"throughput: {d['tokens_per_s_per_gpu']:,.0f} tokens/s/GPU at MFU {d['mfu_assumed']:.2f} "
                      f"(effective {d['mfu_effective']:.3f}); step {d['step_time_s']:.2f} s for "
                      f"{d['tokens_per_step']:,.0f} tokens (compute {parts['compute']:.2f}, data-parallel traffic "
-                     f"{parts['data_parallel_comm']:.2f}, CPU offload {parts['cpu_offload']:.2f}; pipeline bubble "
+                     f"{parts['data_parallel_comm']:.2f}, tensor-parallel traffic {parts['tensor_parallel_comm']:.2f}, CPU offload {parts['cpu_offload']:.2f}; pipeline bubble "
                      f"{d['pipeline_bubble']:.1%})")
         if d["hours"] is not None:
             lines.append(f"duration: {d['hours']:,.1f} hours ({d['days']:.2f} days)")

@@ -1,5 +1,6 @@
-"""Time of a run: model FLOPs over the peak at an assumed utilisation, a pipeline bubble, and two floors a
-utilisation cannot hide (the data-parallel gradient traffic, the host-side Adam step of CPU offload).
+"""Time of a run: model FLOPs over the peak at an assumed utilisation, a pipeline bubble, and what a
+utilisation cannot hide: the data-parallel gradient traffic (overlapped: a floor), tensor-parallel
+activations traffic and the host-side Adam step of CPU offload (added).
 
 FLOPs per token are what train.py's MFU logging counts (training.metrics.training_flops): 6N for the
 matmuls plus 12 * layers * hidden * s for attention over a full s x s block. Full recomputation runs the
@@ -31,6 +32,7 @@ class Time:
     tokens_per_step: float  # global
     compute_s: float
     comm_s: float
+    tp_comm_s: float
     offload_s: float
     step_s: float
     tokens_per_s_per_gpu: float
@@ -59,14 +61,22 @@ def estimate(cfg, shape: Shape, device: Device, world: int, gpus_per_node: int, 
     volume = (3.0 if cfg.plugin.startswith("gemini") else 2.0) * 2.0 * local * (lay.zero_group - 1) / lay.zero_group
     bandwidth = device.link_gbs if world <= gpus_per_node else min(device.link_gbs, INTERNODE_GBS)
     comm = volume / (bandwidth * 1e9)
+    # Tensor parallelism: 4 all-reduces (or reduce-scatter + all-gather pairs) of s*b*h 16-bit values per layer
+    # and micro-batch, forward and backward (6 with the recomputed forward), on the critical path.
+    tp_comm = 0.0
+    if lay.tp > 1:
+        rank_tokens = cfg.batch_size * cfg.accumulation_steps * cfg.max_length / lay.sp
+        per_token = shape.layers / lay.pp * (6 if cfg.use_grad_checkpoint else 4) * 2.0 * shape.hidden
+        tp_link = device.link_gbs if lay.tp <= gpus_per_node else min(device.link_gbs, INTERNODE_GBS)
+        tp_comm = rank_tokens * per_token * 2.0 * (lay.tp - 1) / lay.tp / (tp_link * 1e9)
     offload = 0.0
     if cfg.plugin == "zero2_cpu" or (cfg.plugin == "3d" and cfg.zero_stage and cfg.zero_cpu_offload):
         shard = local / lay.zero_group
         # fp32 gradients down, 16-bit weights up, and CPU Adam reading/writing 36 bytes per element
         # with the node's ranks sharing its memory bandwidth.
         offload = shard * 6.0 / (device.pcie_gbs * 1e9) + shard * 36.0 * min(gpus_per_node, world) / (HOST_MEMORY_GBS * 1e9)
-    step = max(compute, comm) + offload
+    step = max(compute, comm) + tp_comm + offload
     per_gpu = tokens_per_step / step / world
     hours = tokens / (per_gpu * world) / 3600.0 if tokens else None
-    return Time(fpt, mfu, bubble, tokens_per_step, compute, comm, offload, step, per_gpu,
+    return Time(fpt, mfu, bubble, tokens_per_step, compute, comm, tp_comm, offload, step, per_gpu,
                 per_gpu * fpt / (device.peak_tflops * 1e12), hours)
