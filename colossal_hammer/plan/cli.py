@@ -40,7 +40,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(e.code, file=sys.stderr)
         raise SystemExit(2) from None
     as_json = out.pop("_json")
-    print(json.dumps(out, indent=2) if as_json else report.text(out))
+    try:
+        print(json.dumps(out, indent=2) if as_json else report.text(out), flush=True)
+    except BrokenPipeError:  # `... | head`: the reader has what it wanted
+        sys.stderr.close()
 
 
 if __name__ == "__main__":

@@ -70,7 +70,9 @@ def to_dict(plan: Plan, cluster: Cluster, change: Optional[tuple] = None, found:
 
 
 def text(d: dict) -> str:
-    lines = [f"{d['devices']} x {d['device']} ({d['device_memory_gib']} GiB each)", "",
+    cluster = (f"{d['devices']} CPU ranks sharing {d['device_memory_gib']} GiB of host memory" if d["device"] == "cpu"
+               else f"{d['devices']} x {d['device']} ({d['device_memory_gib']} GiB each)")
+    lines = [cluster, "",
              f"memory per device (GiB){'' if not d['pipeline_stage'] else ', pipeline stage ' + str(d['pipeline_stage'])}:"]
     for part in PARTS + ("total",):
         lines.append(f"  {part:<14} {d['memory_gib'][part]:>10.2f}")

@@ -9,6 +9,7 @@ from typing import Callable, List, Optional, Tuple
 from . import memory, throughput
 from .config import layout_problem
 from .devices import Device
+from .layout import layout_of
 from .memory import GiB
 from .shapes import Shape
 
@@ -166,8 +167,7 @@ def _powers_of_two(limit: int) -> List[int]:
 def candidates(cfg, shape: Shape, cluster: Cluster):
     """Configurations that train on the same global batch (samples per optimizer step) as `cfg`."""
     world = cluster.world
-    global_batch = cfg.batch_size * cfg.accumulation_steps * (world if cfg.plugin != "3d" else
-                                                              world // (cfg.tp * cfg.pp * (cfg.sp if cfg.sp_mode == "all_to_all" and cfg.enable_sequence_parallelism else 1)))
+    global_batch = cfg.batch_size * cfg.accumulation_steps * layout_of(cfg, world).dp
     base = dict(tp=1, pp=1, sp=1, zero_stage=0, zero_cpu_offload=False, enable_sequence_parallelism=False,
                 sp_mode="split_gather", microbatch_size=1)
     half = cfg.mixed_precision != "fp32"

@@ -70,9 +70,11 @@ class Shape:
     def tensor_sizes(self, vocab_multiple: int = 1) -> list:
         """Every parameter's element count in model.parameters() order (Gemini packs chunks in it)."""
         h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
-        layer = [h * q, h * kv, h * kv, q * h, h * i, h * i, i * h, h, h]
-        if self.attention_bias:
-            layer[0:4] = [h * q, q, h * kv, kv, h * kv, kv, q * h, h]
+        bias = self.attention_bias
+        attention = [h * q, *[q] * bias, h * kv, *[kv] * bias, h * kv, *[kv] * bias, q * h, *[h] * bias]
+        mb = self.mlp_bias
+        mlp = [h * i, *[i] * mb, h * i, *[i] * mb, i * h, *[h] * mb]
+        layer = attention + mlp + [h, h]
         sizes = [self.embedding(vocab_multiple)] + layer * self.layers + [h]
         return sizes + ([self.head(vocab_multiple)] if not self.tied else [])
 

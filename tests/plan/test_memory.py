@@ -14,7 +14,7 @@ from colossal_hammer.plan.layout import gemini_chunks, layout_of, stages, vocab_
 from colossal_hammer.plan.shapes import Shape, load_shape
 
 GQA_BIAS = dict(hidden_size=96, intermediate_size=200, num_hidden_layers=3, num_attention_heads=6,
-                num_key_value_heads=2, vocab_size=1000, attention_bias=True)
+                num_key_value_heads=2, vocab_size=1000, attention_bias=True, mlp_bias=True)
 
 
 def plan_memory(*flags, gpus=2):
