@@ -27,7 +27,8 @@ class TrainConfig:
     # ---- model ----
     pretrained: Optional[str] = _f(None, "HF-format model folder to continue training from.")
     model_config: Optional[str] = _f(
-        None, "Random-init model instead of --pretrained: 'tiny', 'small', or a path to a LlamaConfig JSON."
+        None, "Random-init model instead of --pretrained: 'tiny', 'small', a published shape ('llama2-7b', "
+              "'llama2-13b', 'llama2-70b', 'llama3-8b', 'llama3-70b'), or a path to a LlamaConfig JSON."
     )
     load_weights_only: Optional[str] = _f(
         None, "Start a new stage from these weights (a checkpoint step-N folder or an HF folder), with a fresh "
@@ -87,6 +88,8 @@ class TrainConfig:
     overwrite_checkpoints: bool = _f(False, "Start a new run in a --save_dir (and --tensorboard_dir) that holds an "
                                             "earlier run's checkpoints (and metrics): delete them first. Without it "
                                             "such a run is refused, so two runs never mix.")
+    plan: bool = _f(False, "Print the plan of this run (memory per device, fit, speed: python -m colossal_hammer.plan, "
+                           "which also takes --gpu --nodes --gpus_per_node --tokens ...) and exit without training.")
     # ---- output ----
     tensorboard_dir: Optional[str] = _f(None, "TensorBoard logs; metrics.jsonl and config.json are written here too. "
                                               "Default: SAVE_DIR/logs, so each stage has its own.")
