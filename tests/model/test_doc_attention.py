@@ -276,7 +276,7 @@ SP_MODES = {
     # dist_cross_entropy shifts labels on the last sp rank only under all_to_all, so rank 0 scores
     # unshifted labels (its loss is checked nowhere here).
     "all_to_all": (["--sp", "2", "--sp_mode", "all_to_all"], [1]),
-    "split_gather": (["--tp", "2", "--sp", "2", "--sp_mode", "split_gather"], [0, 1]),
+    "split_gather": (["--tp", "2", "--sp_mode", "split_gather"], [0, 1]),  # the tp group is the sp group
 }
 
 
