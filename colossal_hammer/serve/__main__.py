@@ -33,6 +33,10 @@ class ServeConfig:
     device: str = "cpu"
     dtype: str = "auto"
 
+    def __post_init__(self):
+        if not self.served_model_name:
+            self.served_model_name = os.path.basename(os.path.normpath(self.model))
+
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m colossal_hammer.serve", description=__doc__.splitlines()[0],
@@ -61,9 +65,8 @@ def config_from_args(args) -> ServeConfig:
 
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
     check_device(args.device)
-    name = args.served_model_name or os.path.basename(os.path.normpath(args.model))
     return ServeConfig(model=args.model, adapter=args.adapter, host=args.host, port=args.port, api_key=args.api_key,
-                       served_model_name=name, max_batch_size=args.max_batch_size,
+                       served_model_name=args.served_model_name, max_batch_size=args.max_batch_size,
                        max_request_bytes=args.max_request_bytes, device=args.device, dtype=args.dtype)
 
 

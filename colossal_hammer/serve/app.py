@@ -89,6 +89,7 @@ class Generation:
 
 def build_app(served: Served) -> FastAPI:
     app = FastAPI(title="colossal_hammer serve", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.served = served
     engine, tokenizer = served.engine, served.tokenizer
 
     @app.exception_handler(RequestError)
