@@ -8,24 +8,29 @@ it was trained.
 
 from __future__ import annotations
 
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 from ..data.sft import BUILTIN_TEMPLATES
 
 
-def chat_template(tokenizer) -> str:
+def chat_template(tokenizer, forced: Optional[str] = None) -> str:
+    """`forced` (llama2 | llama3) picks a built-in template over the tokenizer's."""
+    if forced:
+        return BUILTIN_TEMPLATES[{"llama2": 2, "llama3": 3}[forced]]
     if tokenizer.chat_template:
         return tokenizer.get_chat_template()
     return BUILTIN_TEMPLATES[2]
 
 
-def template_name(tokenizer) -> str:
+def template_name(tokenizer, forced: Optional[str] = None) -> str:
+    if forced:
+        return f"the built-in {forced} template"
     return "the tokenizer's chat_template" if tokenizer.chat_template else "the built-in Llama-2 template"
 
 
-def chat_prompt_ids(tokenizer, messages: Sequence[dict]) -> List[int]:
+def chat_prompt_ids(tokenizer, messages: Sequence[dict], forced: Optional[str] = None) -> List[int]:
     """Token ids of the conversation plus the assistant's generation prompt (the template carries BOS)."""
-    text = tokenizer.apply_chat_template(list(messages), chat_template=chat_template(tokenizer), tokenize=False,
+    text = tokenizer.apply_chat_template(list(messages), chat_template=chat_template(tokenizer, forced), tokenize=False,
                                          add_generation_prompt=True)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
