@@ -47,11 +47,16 @@ def test_client_that_disconnects_frees_its_row(live, client):
         with http.stream("POST", f"{live.url}/v1/chat/completions", json=body,
                          headers={"Authorization": f"Bearer {API_KEY}"}) as r:
             lines = r.iter_lines()
-            for _ in range(3):
+            for _ in range(5):  # the role event and two tokens
                 next(lines)
-            assert engine.batch is not None and len(engine.batch.rows) == 1
+            deadline = time.time() + 10
+            while engine.batch is None and time.time() < deadline:  # the row joins the batch after its first token
+                time.sleep(0.01)
+            assert len(engine.batch.rows) == 1
+            row = engine.batch.rows[0]
     deadline = time.time() + 10
     while engine.batch is not None and time.time() < deadline:
         time.sleep(0.05)
-    assert engine.batch is None  # the row went with the client, long before 2000 tokens
+    assert engine.batch is None and row.cancelled
+    assert len(row.generated) < 2000  # the row went with the client, long before its 2000 tokens
     assert streamed_text(client, "hi", temperature=0, max_tokens=3)[1] == "length"

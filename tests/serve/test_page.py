@@ -121,9 +121,11 @@ def test_chat_page_streams_keeps_history_stops_and_starts_over(served_model, bro
         find("#send").click()
         wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".msg.assistant.streaming")) == 1
              and browser.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text)
+        row = wait(lambda: engine.batch and engine.batch.rows[0])
         find("#stop").click()
         wait(lambda: not browser.find_elements(By.CSS_SELECTOR, ".msg.assistant.streaming"))
         wait(lambda: engine.batch is None, seconds=10)
+        assert row.cancelled and len(row.generated) < 1500  # stopped, not finished
         assert not find("#send").get_attribute("disabled")
         # new chat: an empty page, and the next request carries no history
         find("#new-chat").click()
