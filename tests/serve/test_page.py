@@ -103,7 +103,7 @@ def test_chat_page_streams_keeps_history_stops_and_starts_over(served_model, bro
                                                temperature=0, max_tokens=10).choices[0].message.content
         assert first == expected.strip()  # the page shows the greedy reply (HTML trims edge whitespace)
         grown = [s for s in dict.fromkeys(browser.execute_script("return window.seen;")) if s]
-        assert len(grown) > 2 and all(b.startswith(a) for a, b in zip(grown, grown[1:]))  # streamed in
+        assert len(grown) >= 2 and all(b.startswith(a) for a, b in zip(grown, grown[1:]))  # streamed in
         second = turn("Tell me more.")
         assert second
         sent = recorder.bodies[-1]
@@ -121,7 +121,7 @@ def test_chat_page_streams_keeps_history_stops_and_starts_over(served_model, bro
         find("#send").click()
         wait(lambda: len(browser.find_elements(By.CSS_SELECTOR, ".msg.assistant.streaming")) == 1
              and browser.find_elements(By.CSS_SELECTOR, ".msg.assistant")[-1].text)
-        row = wait(lambda: engine.batch and engine.batch.rows[0])
+        row = wait(lambda: (batch := engine.batch) and batch.rows[0])  # read once: the engine thread replaces it
         find("#stop").click()
         wait(lambda: not browser.find_elements(By.CSS_SELECTOR, ".msg.assistant.streaming"))
         wait(lambda: engine.batch is None, seconds=10)
