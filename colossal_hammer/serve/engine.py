@@ -64,8 +64,11 @@ class Request:
         return self._cancelled.is_set()
 
 
+GREEDY_BELOW = 1e-5  # a temperature this small would overflow the logits; it means greedy (as in vLLM)
+
+
 def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    if params.temperature == 0:
+    if params.temperature < GREEDY_BELOW:
         return int(torch.argmax(logits))
     logits = logits.float() / params.temperature
     if params.top_k and params.top_k < logits.numel():

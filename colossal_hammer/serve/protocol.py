@@ -64,14 +64,15 @@ def _number(body: dict, name: str, default: float, low: float, high: float = mat
     return float(value)
 
 
-def _integer(body: dict, name: str, low: int) -> Optional[int]:
+def _integer(body: dict, name: str, low: int, high: Optional[int] = None) -> Optional[int]:
     value = body.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise RequestError(f"'{name}' must be an integer, got {json.dumps(value)[:50]}", name)
-    if value < low:
-        raise RequestError(f"'{name}' must be at least {low}, got {value}", name)
+    if value < low or (high is not None and value > high):
+        within = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise RequestError(f"'{name}' must be {within}, got {value}", name)
     return value
 
 
@@ -117,7 +118,7 @@ def common(body: dict, served_model: str) -> Common:
                   temperature=_number(body, "temperature", 1.0, 0.0),
                   top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_inclusive=False),
                   top_k=0 if top_k in (None, -1) else top_k, max_tokens=max_tokens, stop=stops,
-                  seed=_integer(body, "seed", -2 ** 63))
+                  seed=_integer(body, "seed", -2 ** 63, 2 ** 63 - 1))
 
 
 def _content(message: dict, i: int) -> str:

@@ -58,8 +58,8 @@ class TerminalChat:
         room = self.context - len(ids)
         if room < 1:
             self.history.pop()
-            raise_message = f"(the message is {len(ids)} tokens; the context is {self.context}: say it shorter)"
-            print(raise_message, file=self.out, flush=True)
+            print(f"(the message is {len(ids)} tokens; the context is {self.context}: say it shorter)", file=self.out,
+                  flush=True)
             return ""
         c = self.config
         # each turn its own seed (seed + turn): reproducible sessions without repeating the same draws

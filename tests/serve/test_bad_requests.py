@@ -31,6 +31,9 @@ def works(client):
     (dict(model="tiny-chat", messages=USER, temperature=-0.5), openai.BadRequestError, 400, "temperature"),
     (dict(model="tiny-chat", messages=USER, top_p=0), openai.BadRequestError, 400, "top_p"),
     (dict(model="tiny-chat", messages=USER, n=3), openai.BadRequestError, 400, "n"),
+    (dict(model="tiny-chat", messages=USER, seed=2 ** 70), openai.BadRequestError, 400, "seed"),
+    (dict(model="tiny-chat", messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+     openai.BadRequestError, 400, "messages[0].content"),
     (dict(model="tiny-chat", messages=[{"role": "user", "content": "字" * 5000}]), openai.BadRequestError, 400,
      "messages"),
 ])
