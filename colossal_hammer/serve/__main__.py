@@ -81,7 +81,6 @@ def make_app(config: ServeConfig):
     engine = Engine(model, tokenizer, loading.eos_ids(model, tokenizer), config.max_batch_size).start()
     app = build_app(Served(engine, tokenizer, config.served_model_name, loading.context_length(model),
                            config.api_key, config.max_request_bytes))
-    app.router.on_shutdown.append(engine.stop)
     print(f"serve: {config.served_model_name} from {config.model}; chat: {template_name(tokenizer)}; "
           f"context {loading.context_length(model)} tokens", file=sys.stderr, flush=True)
     return app

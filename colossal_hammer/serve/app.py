@@ -7,6 +7,7 @@ field, a failed forward pass is a 500 with the same JSON shape, and the engine k
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import time
@@ -88,7 +89,12 @@ class Generation:
 
 
 def build_app(served: Served) -> FastAPI:
-    app = FastAPI(title="colossal_hammer serve", docs_url=None, redoc_url=None, openapi_url=None)
+    @contextlib.asynccontextmanager
+    async def lifespan(_):
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, served.engine.stop)  # the engine ends with the app
+
+    app = FastAPI(title="colossal_hammer serve", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.served = served
     engine, tokenizer = served.engine, served.tokenizer
 

@@ -91,7 +91,8 @@ def _refuse(body: dict, name: str, allowed=(None,), what: str = "is not supporte
 
 
 def common(body: dict, served_model: str) -> Common:
-    model = body.get("model", served_model)
+    model = body.get("model")
+    model = served_model if model is None else model  # optional here: curl users need not look it up
     if not isinstance(model, str):
         raise RequestError("'model' must be a string", "model")
     if model != served_model:

@@ -92,6 +92,7 @@ def test_checkpoint_step_folder_serves(served_model, tmp_path):
     with LiveServer(app) as server:
         r = httpx.post(f"{server.url}/v1/completions", json={"prompt": "a", "max_tokens": 2, "model": "step-3"})
         assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] <= 2
+    assert not app.state.served.engine.alive  # the model thread ends with the server
 
 
 @pytest.mark.parametrize("argv, message", [
