@@ -7,6 +7,7 @@ import pytest
 from tests.serve.conftest import API_KEY
 
 USER = [{"role": "user", "content": "hi"}]
+IMAGE = [{"type": "image_url", "image_url": {"url": "x"}}]
 
 
 def works(client):
@@ -32,7 +33,7 @@ def works(client):
     (dict(model="tiny-chat", messages=USER, top_p=0), openai.BadRequestError, 400, "top_p"),
     (dict(model="tiny-chat", messages=USER, n=3), openai.BadRequestError, 400, "n"),
     (dict(model="tiny-chat", messages=USER, seed=2 ** 70), openai.BadRequestError, 400, "seed"),
-    (dict(model="tiny-chat", messages=[{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]),
+    (dict(model="tiny-chat", messages=[{"role": "user", "content": IMAGE}]),
      openai.BadRequestError, 400, "messages[0].content"),
     (dict(model="tiny-chat", messages=[{"role": "user", "content": "字" * 5000}]), openai.BadRequestError, 400,
      "messages"),

@@ -99,8 +99,9 @@ def test_chat_page_streams_keeps_history_stops_and_starts_over(served_model, bro
 
         first = turn("什么是人工智能？")
         api = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
-        expected = api.chat.completions.create(model="tiny-page", messages=[{"role": "user", "content": "什么是人工智能？"}],
-                                               temperature=0, max_tokens=10).choices[0].message.content
+        question = [{"role": "user", "content": "什么是人工智能？"}]
+        expected = api.chat.completions.create(model="tiny-page", messages=question, temperature=0,
+                                               max_tokens=10).choices[0].message.content
         assert first == expected.strip()  # the page shows the greedy reply (HTML trims edge whitespace)
         grown = [s for s in dict.fromkeys(browser.execute_script("return window.seen;")) if s]
         assert len(grown) >= 2 and all(b.startswith(a) for a, b in zip(grown, grown[1:]))  # streamed in
