@@ -95,6 +95,28 @@ def test_checkpoint_step_folder_serves(served_model, tmp_path):
     assert not app.state.served.engine.alive  # the model thread ends with the server
 
 
+def test_the_tokenizers_own_template_is_used(served_model, tmp_path):
+    """An SFT checkpoint's chat_template wins over the built-in Llama-2 one."""
+    import shutil
+
+    from transformers import AutoTokenizer
+
+    from colossal_hammer.data.sft import BUILTIN_TEMPLATES
+    from colossal_hammer.serve.__main__ import ServeConfig, make_app
+    from tests.serve.live import LiveServer
+
+    shutil.copytree(served_model, tmp_path / "m")
+    tok = AutoTokenizer.from_pretrained(tmp_path / "m")
+    tok.chat_template = BUILTIN_TEMPLATES[3]
+    tok.save_pretrained(tmp_path / "m")
+    messages = [{"role": "user", "content": "hello"}]
+    text = tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    assert "<|start_header_id|>assistant" in text
+    with LiveServer(make_app(ServeConfig(model=str(tmp_path / "m")))) as server:
+        r = httpx.post(f"{server.url}/v1/chat/completions", json={"messages": messages, "max_tokens": 1})
+    assert r.json()["usage"]["prompt_tokens"] == len(tok(text, add_special_tokens=False)["input_ids"])
+
+
 @pytest.mark.parametrize("argv, message", [
     (["--model", "/nonexistent"], "error: --model /nonexistent: no such folder"),
     (["--model", ".", "--max_batch_size", "0"], "error: --max_batch_size 0: must be at least 1"),

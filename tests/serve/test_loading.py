@@ -58,3 +58,15 @@ def test_held_back_text_is_not_shown_early():
     decoder = StopDecoder(CharTokenizer(), ["END"])
     assert [decoder.push(ord(c))[0] for c in "aEN"] == ["a", "", ""]
     assert decoder.push(ord("x")) == ("ENx", False)
+
+
+def test_sampling_filters():
+    from colossal_hammer.serve.engine import SamplingParams, sample
+
+    logits = torch.tensor([0.0, 3.0, 2.9, -1.0])
+    g = torch.Generator().manual_seed(0)
+    assert sample(logits, SamplingParams(1, temperature=0), g) == 1
+    assert {sample(logits, SamplingParams(1, temperature=1.0, top_k=1), g) for _ in range(50)} == {1}
+    assert {sample(logits, SamplingParams(1, temperature=1.0, top_p=0.3), g) for _ in range(50)} == {1}
+    both = {sample(logits, SamplingParams(1, temperature=1.0, top_p=0.9), g) for _ in range(200)}
+    assert both == {1, 2}  # the two near-equal tokens hold ~93% of the mass; the tail is cut
