@@ -3,11 +3,16 @@
 
     python inference_example.py --model_path hf_model --input_txt "什么是人工智能？" --max_new_tokens 128
 
+    python inference_example.py --model_path hf_model --chat          # multi-turn chat in the terminal
+
 The prompt goes through the tokenizer's chat template when the model has one (an SFT checkpoint
 carries the template its data was prepared with as `chat_template` in tokenizer_config.json) unless
---chat no; --chat llama2|llama3 forces a built-in template. One line on standard error says which.
---temperature 0 means greedy decoding (as in OpenAI's API). Without --input_txt, each line read from
-standard input is a prompt.
+--chat_template no; --chat_template llama2|llama3 forces a built-in template (`--chat TEMPLATE`, the
+older spelling, still works). One line on standard error says which. --temperature 0 means greedy
+decoding (as in OpenAI's API). Without --input_txt, each line read from standard input is a prompt.
+
+--chat alone starts a multi-turn conversation (colossal_hammer.serve.terminal, the server's engine and
+template: the tokenizer's, else the built-in Llama-2 one): /reset, /exit, Ctrl-C stops a reply.
 """
 
 import argparse
@@ -28,6 +33,22 @@ def str2bool(value) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {value!r}")
 
 
+TEMPLATES = ("auto", "no", "llama2", "llama3")
+
+
+class ChatFlag(argparse.Action):
+    """`--chat` alone: the multi-turn terminal chat; `--chat TEMPLATE` (older spelling): --chat_template."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        if value is None:
+            namespace.chat = True
+        elif value in TEMPLATES:
+            namespace.chat_template = value
+        else:
+            parser.error(f"argument --chat: invalid template {value!r} (choose from {', '.join(TEMPLATES)}, "
+                         f"or give --chat alone for a multi-turn chat)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -40,8 +61,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=50, help="0 keeps every token")
     p.add_argument("--top_p", type=float, default=0.95, help="In (0, 1]")
     p.add_argument("--seed", type=int, default=None, help="Seed the sampler for reproducible output")
-    p.add_argument("--chat", choices=("auto", "no", "llama2", "llama3"), default="auto",
-                   help="auto: the tokenizer's chat template if it has one")
+    p.add_argument("--chat", nargs="?", action=ChatFlag, default=False, metavar="TEMPLATE",
+                   help="Alone: a multi-turn chat in the terminal (/reset, /exit; Ctrl-C stops a reply). "
+                        "With a template name: the same as --chat_template")
+    p.add_argument("--chat_template", choices=TEMPLATES, default="auto",
+                   help="auto: the tokenizer's chat template if it has one (in --chat: else the built-in llama2)")
     p.add_argument("--input_txt", default=None, help="The prompt; default: read prompts from standard input")
     return p
 
@@ -63,12 +87,12 @@ def check_args(args) -> None:
 def chat_mode(tokenizer, chat: str) -> str:
     """The one line that says how prompts are wrapped."""
     if chat in ("llama2", "llama3"):
-        return f"chat: the built-in {chat} template (--chat {chat})"
+        return f"chat: the built-in {chat} template (--chat_template {chat})"
     if chat == "no":
-        return "chat: none, prompts go in as written (--chat no)"
+        return "chat: none, prompts go in as written (--chat_template no)"
     if tokenizer.chat_template:
-        return "chat: the tokenizer's chat_template (tokenizer_config.json; --chat no sends raw prompts)"
-    return "chat: none, the tokenizer has no chat_template (--chat llama2|llama3 applies a built-in one)"
+        return "chat: the tokenizer's chat_template (tokenizer_config.json; --chat_template no sends raw prompts)"
+    return "chat: none, the tokenizer has no chat_template (--chat_template llama2|llama3 applies a built-in one)"
 
 
 def render(tokenizer, prompt: str, chat: str) -> str:
@@ -86,8 +110,22 @@ def pad_id(tokenizer) -> int:
     return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
 
 
+def terminal_chat(args) -> None:
+    from colossal_hammer.serve.terminal import ChatConfig, chat
+
+    if args.input_txt is not None:
+        raise InputError("--input_txt: not with --chat, which reads its messages from the terminal")
+    greedy = not args.do_sample or args.temperature == 0
+    chat(ChatConfig(model_path=args.model_path, device=args.device,
+                    template=None if args.chat_template == "auto" else args.chat_template,
+                    max_new_tokens=args.max_new_tokens, temperature=0.0 if greedy else args.temperature,
+                    top_p=args.top_p, top_k=args.top_k, seed=args.seed))
+
+
 def generate(args) -> None:
     check_args(args)
+    if args.chat:
+        return terminal_chat(args)
     import torch  # after the checks: a mistyped path is reported before torch loads (seconds)
     from transformers import AutoModelForCausalLM, AutoTokenizer, TextStreamer
 
@@ -97,14 +135,14 @@ def generate(args) -> None:
     except (OSError, ValueError) as e:
         raise InputError(f"--model_path {args.model_path}: does not load: {str(e).strip().splitlines()[0][:200]}") \
             from None
-    print(chat_mode(tokenizer, args.chat), file=sys.stderr, flush=True)
+    print(chat_mode(tokenizer, args.chat_template), file=sys.stderr, flush=True)
     sample = args.do_sample and args.temperature > 0  # temperature 0 is greedy, as users expect
     if args.seed is not None:
         torch.manual_seed(args.seed)
     streamer = TextStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
     prompts = [args.input_txt] if args.input_txt is not None else (line.rstrip("\n") for line in sys.stdin)
     for prompt in prompts:
-        text = render(tokenizer, prompt, args.chat)
+        text = render(tokenizer, prompt, args.chat_template)
         # a rendered chat template carries its own BOS
         inputs = tokenizer(text, return_tensors="pt", add_special_tokens=text == prompt).to(args.device)
         sampling = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p) if sample else {}

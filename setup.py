@@ -40,6 +40,9 @@ INSTALL_REQUIRES = [
     "peft==0.13.2",
     "galore-torch==1.0",  # colossalai.nn.optimizer imports galore_torch, which imports bitsandbytes
     "bitsandbytes==0.50.2",
+    # colossal_hammer.serve (python -m colossal_hammer.serve): the OpenAI-compatible server and chat page
+    "fastapi==0.165.0",
+    "uvicorn==0.54.0",
 ]
 
 setup(
@@ -47,10 +50,11 @@ setup(
     version="0.1.0",
     description="Continual pretraining and SFT of Llama-family models on Colossal-AI's Booster plugins",
     packages=find_packages(include=["colossal_hammer", "colossal_hammer.*"]),
+    package_data={"colossal_hammer.serve": ["static/*.html"]},  # the chat page ships inside the package
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.2.0"],
+        "test": ["pytest==9.2.0", "openai==3.57.0", "selenium==4.51.0", "pexpect==4.9.0"],  # real clients
         "gpu": ["flash-attn"],  # GPU-only; SDPA is used where it is missing
     },
     entry_points={"console_scripts": ["colossal-hammer-train=colossal_hammer.training.cli:main"]},

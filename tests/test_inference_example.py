@@ -56,7 +56,8 @@ def test_chat_auto_uses_the_checkpoint_template_and_says_so(tokenizer_dir, tmp_p
                            "--max_new_tokens", "2", "--do_sample", "false", "--input_txt", "hi"],
                           capture_output=True, text=True, env=env, check=True)
     chat_lines = [line for line in proc.stderr.splitlines() if line.startswith("chat:")]
-    assert chat_lines == ["chat: the tokenizer's chat_template (tokenizer_config.json; --chat no sends raw prompts)"]
+    assert chat_lines == ["chat: the tokenizer's chat_template (tokenizer_config.json; "
+                          "--chat_template no sends raw prompts)"]
 
 
 def test_pad_id_zero_is_a_real_id():

@@ -1,0 +1,188 @@
+"""Request bodies → validated values, or a RequestError that becomes OpenAI's error JSON.
+
+Every message names the field (`param`) so a client library shows the user what to change. Unknown
+fields are ignored (as vLLM does); known fields with values we cannot honour are refused, never
+silently dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import List, Optional
+
+ROLES = ("system", "developer", "user", "assistant")
+MAX_STOP = 16
+
+
+class RequestError(Exception):
+    def __init__(self, message: str, param: Optional[str] = None, code: Optional[str] = None, status: int = 400,
+                 type: str = "invalid_request_error"):
+        super().__init__(message)
+        self.message, self.param, self.code, self.status, self.type = message, param, code, status, type
+
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+@dataclass
+class Common:
+    model: str
+    stream: bool
+    include_usage: bool
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens: Optional[int]  # None: as many as the context leaves
+    stop: List[str]
+    seed: Optional[int]
+
+
+def parse_body(raw: bytes) -> dict:
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise RequestError(f"the body is not valid JSON: {e}", code="invalid_json") from None
+    if not isinstance(body, dict):
+        raise RequestError("the body must be a JSON object", code="invalid_json")
+    return body
+
+
+def _number(body: dict, name: str, default: float, low: float, high: float = math.inf,
+            low_inclusive: bool = True) -> float:
+    value = body.get(name)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise RequestError(f"'{name}' must be a number, got {json.dumps(value)[:50]}", name)
+    too_low = value < low if low_inclusive else value <= low
+    if too_low or value > high:
+        bound = f"{'at least' if low_inclusive else 'more than'} {low:g}" + (f" and at most {high:g}"
+                                                                           if high != math.inf else "")
+        raise RequestError(f"'{name}' must be {bound}, got {value}", name)
+    return float(value)
+
+
+def _integer(body: dict, name: str, low: int, high: Optional[int] = None) -> Optional[int]:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise RequestError(f"'{name}' must be an integer, got {json.dumps(value)[:50]}", name)
+    if value < low or (high is not None and value > high):
+        within = f"at least {low}" if high is None else f"between {low} and {high}"
+        raise RequestError(f"'{name}' must be {within}, got {value}", name)
+    return value
+
+
+def _boolean(body: dict, name: str) -> bool:
+    value = body.get(name, False)
+    if value is None:
+        return False
+    if not isinstance(value, bool):
+        raise RequestError(f"'{name}' must be true or false, got {json.dumps(value)[:50]}", name)
+    return value
+
+
+def _refuse(body: dict, name: str, allowed=(None,), what: str = "is not supported by this server") -> None:
+    if body.get(name) not in allowed:
+        raise RequestError(f"'{name}' {what}", name, code="unsupported_parameter")
+
+
+def common(body: dict, served_model: str) -> Common:
+    model = body.get("model")
+    model = served_model if model is None else model  # optional here: curl users need not look it up
+    if not isinstance(model, str):
+        raise RequestError("'model' must be a string", "model")
+    if model != served_model:
+        raise RequestError(f"The model '{model}' does not exist; this server serves '{served_model}' "
+                           f"(GET /v1/models)", "model", "model_not_found", status=404)
+    _refuse(body, "n", (None, 1), "must be 1: this server returns one choice per request")
+    _refuse(body, "best_of", (None, 1))
+    _refuse(body, "logprobs", (None, False))
+    _refuse(body, "tools", (None, []))
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        raise RequestError("'stream_options' must be an object", "stream_options")
+    include_usage = _boolean(options or {}, "include_usage")
+    stop = body.get("stop")
+    stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
+    if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+        raise RequestError("'stop' must be a string or a list of strings", "stop")
+    if len(stops) > MAX_STOP:
+        raise RequestError(f"'stop' holds {len(stops)} strings; at most {MAX_STOP}", "stop")
+    max_tokens = _integer(body, "max_completion_tokens", 1)
+    max_tokens = _integer(body, "max_tokens", 1) if max_tokens is None else max_tokens
+    top_k = _integer(body, "top_k", -1)
+    return Common(model=model, stream=_boolean(body, "stream"), include_usage=include_usage,
+                  temperature=_number(body, "temperature", 1.0, 0.0),
+                  top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_inclusive=False),
+                  top_k=0 if top_k in (None, -1) else top_k, max_tokens=max_tokens, stop=stops,
+                  seed=_integer(body, "seed", -2 ** 63, 2 ** 63 - 1))
+
+
+def _content(message: dict, i: int) -> str:
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    # OpenAI's content parts: text parts are text; anything else (images, audio) this model cannot read
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
+                                         and isinstance(p.get("text"), str) for p in content):
+        return "".join(p["text"] for p in content)
+    raise RequestError(f"'messages[{i}].content' must be a string (or a list of text parts), got "
+                       f"{json.dumps(content, ensure_ascii=False)[:50]}", f"messages[{i}].content")
+
+
+def messages(body: dict) -> List[dict]:
+    """Role-checked messages: system first if at all, then user and assistant taking turns, ending with user."""
+    raw = body.get("messages")
+    if not isinstance(raw, list) or not raw:
+        raise RequestError("'messages' must be a non-empty list of {role, content} objects", "messages")
+    out = []
+    for i, m in enumerate(raw):
+        if not isinstance(m, dict):
+            raise RequestError(f"'messages[{i}]' must be an object with 'role' and 'content'", f"messages[{i}]")
+        role = m.get("role")
+        if role not in ROLES:
+            raise RequestError(f"'messages[{i}].role' must be one of {', '.join(ROLES)}, got "
+                               f"{json.dumps(role)[:50]}", f"messages[{i}].role")
+        out.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
+    turns = out[1:] if out[0]["role"] == "system" else out
+    for i, m in enumerate(turns):
+        index = i + len(out) - len(turns)
+        expected = "user" if i % 2 == 0 else "assistant"
+        if m["role"] != expected:
+            raise RequestError(f"'messages[{index}].role' is {m['role']}: after an optional first system message, "
+                               f"user and assistant messages must take turns starting with user",
+                               f"messages[{index}].role")
+    if not turns or turns[-1]["role"] != "user":
+        raise RequestError("the last message must be the user's (the reply comes after it)",
+                           f"messages[{len(out) - 1}].role")
+    return out
+
+
+def prompt(body: dict):
+    """A completion prompt: a string, a list of token ids, or a list holding one of those."""
+    value = body.get("prompt")
+    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
+        value = value[0]
+    if isinstance(value, str):
+        return value
+    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        return value
+    raise RequestError("'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
+
+
+def check_context(prompt_tokens: int, max_tokens: Optional[int], context: int, prompt_param: str) -> int:
+    """The number of tokens to allow; RequestError when prompt + max_tokens do not fit the context."""
+    if prompt_tokens >= context:
+        raise RequestError(f"the prompt is {prompt_tokens} tokens; this model's context is {context} tokens and "
+                           f"the reply needs at least one", prompt_param, "context_length_exceeded")
+    room = context - prompt_tokens
+    if max_tokens is None:
+        return room
+    if max_tokens > room:
+        raise RequestError(f"'max_tokens' is {max_tokens} but the prompt ({prompt_tokens} tokens) leaves {room} of "
+                           f"this model's {context}-token context", "max_tokens", "context_length_exceeded")
+    return max_tokens

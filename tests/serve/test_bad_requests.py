@@ -1,0 +1,84 @@
+"""Each bad request gets OpenAI's error JSON with a 4xx naming the field; the server answers the next one."""
+
+import httpx
+import openai
+import pytest
+
+from tests.serve.conftest import API_KEY
+
+USER = [{"role": "user", "content": "hi"}]
+IMAGE = [{"type": "image_url", "image_url": {"url": "x"}}]
+
+
+def works(client):
+    reply = client.chat.completions.create(model="tiny-chat", messages=USER, max_tokens=2, temperature=0)
+    assert reply.choices[0].finish_reason in ("length", "stop")
+
+
+@pytest.mark.parametrize("kwargs, error, status, param", [
+    (dict(model="gpt-4", messages=USER), openai.NotFoundError, 404, "model"),
+    (dict(model="tiny-chat", messages=[]), openai.BadRequestError, 400, "messages"),
+    (dict(model="tiny-chat", messages=[{"role": "assistant", "content": "hello"}, *USER]), openai.BadRequestError,
+     400, "messages[0].role"),
+    (dict(model="tiny-chat", messages=[*USER, *USER]), openai.BadRequestError, 400, "messages[1].role"),
+    (dict(model="tiny-chat", messages=[*USER, {"role": "assistant", "content": "x"}]), openai.BadRequestError, 400,
+     "messages[1].role"),
+    (dict(model="tiny-chat", messages=[{"role": "user", "content": 123}]), openai.BadRequestError, 400,
+     "messages[0].content"),
+    (dict(model="tiny-chat", messages=[{"role": "wizard", "content": "x"}]), openai.BadRequestError, 400,
+     "messages[0].role"),
+    (dict(model="tiny-chat", messages=USER, max_tokens=100_000), openai.BadRequestError, 400, "max_tokens"),
+    (dict(model="tiny-chat", messages=USER, max_tokens=0), openai.BadRequestError, 400, "max_tokens"),
+    (dict(model="tiny-chat", messages=USER, temperature=-0.5), openai.BadRequestError, 400, "temperature"),
+    (dict(model="tiny-chat", messages=USER, top_p=0), openai.BadRequestError, 400, "top_p"),
+    (dict(model="tiny-chat", messages=USER, n=3), openai.BadRequestError, 400, "n"),
+    (dict(model="tiny-chat", messages=USER, seed=2 ** 70), openai.BadRequestError, 400, "seed"),
+    (dict(model="tiny-chat", messages=[{"role": "user", "content": IMAGE}]),
+     openai.BadRequestError, 400, "messages[0].content"),
+    (dict(model="tiny-chat", messages=[{"role": "user", "content": "字" * 5000}]), openai.BadRequestError, 400,
+     "messages"),
+])
+def test_bad_chat_request(client, kwargs, error, status, param):
+    for stream in (False, True):
+        with pytest.raises(error) as e:
+            client.chat.completions.create(**kwargs, stream=stream)
+        assert e.value.status_code == status
+        assert e.value.body["param"] == param and e.value.body["type"] == "invalid_request_error"
+        assert e.value.body["message"]
+        works(client)
+
+
+def post(live, raw: bytes, path="/v1/chat/completions", key=API_KEY):
+    headers = {"Content-Type": "application/json", **({"Authorization": f"Bearer {key}"} if key else {})}
+    return httpx.post(f"{live.url}{path}", content=raw, headers=headers, timeout=30)
+
+
+@pytest.mark.parametrize("raw, status, code", [
+    (b'{"messages": [', 400, "invalid_json"),
+    (b"\xff\xfe", 400, "invalid_json"),
+    (b"[1, 2]", 400, "invalid_json"),
+    (b'{"messages": [{"role": "user", "content": "' + b"a" * 70_000 + b'"}]}', 413, "request_too_large"),
+])
+def test_bad_bodies(live, client, raw, status, code):
+    r = post(live, raw)
+    assert r.status_code == status and r.json()["error"]["code"] == code and "Traceback" not in r.text
+    works(client)
+
+
+def test_api_key_is_required(live, client):
+    for key in (None, "wrong"):
+        r = post(live, b'{"messages": [{"role": "user", "content": "hi"}]}', key=key)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{live.url}/v1/models").status_code == 401
+    works(client)
+
+
+def test_completions_bad_prompt_and_unknown_route(live, client):
+    for body, param in ((b'{"prompt": 5}', "prompt"), (b'{"prompt": [999999]}', "prompt"),
+                        (b'{"prompt": "a", "echo": true}', "echo")):
+        r = post(live, body, path="/v1/completions")
+        assert r.status_code == 400 and r.json()["error"]["param"] == param
+    r = post(live, b"{}", path="/v1/nothing")
+    assert r.status_code == 404 and "error" in r.json()
+    assert httpx.get(f"{live.url}/v1/chat/completions").status_code == 405
+    works(client)

@@ -1,0 +1,62 @@
+"""Concurrent requests are decoded in one batch, each exactly as it is alone; a client that leaves frees its row."""
+
+import threading
+import time
+
+import httpx
+
+from tests.serve.conftest import API_KEY
+from tests.serve.test_api import streamed_text
+
+PROMPTS = [f"Question {i}: " + "tell me about the river " * (i % 6) + "人工智能" * (i % 3) for i in range(16)]
+
+
+def test_sixteen_concurrent_streams_each_get_their_own_text(live, client):
+    alone = [streamed_text(client, p, temperature=0, max_tokens=12) for p in PROMPTS]
+    assert len(set(alone)) > 1  # different prompts, different replies: a mix-up would show
+    engine = live.app.state.served.engine
+    together, widest = [None] * len(PROMPTS), [0]
+    start = threading.Barrier(len(PROMPTS))
+
+    def run(i):
+        start.wait()
+        together[i] = streamed_text(client, PROMPTS[i], temperature=0, max_tokens=12)
+
+    def watch():
+        while any(t is None for t in together):
+            batch = engine.batch
+            widest[0] = max(widest[0], len(batch.rows) if batch else 0)
+            time.sleep(0.001)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(PROMPTS))]
+    watcher = threading.Thread(target=watch)
+    for t in threads:
+        t.start()
+    watcher.start()
+    for t in threads + [watcher]:
+        t.join(timeout=120)
+    assert together == alone
+    assert widest[0] > 1  # they really were decoded together
+
+
+def test_client_that_disconnects_frees_its_row(live, client):
+    engine = live.app.state.served.engine
+    body = {"messages": [{"role": "user", "content": "a long story"}], "max_tokens": 2000, "temperature": 0,
+            "stream": True}
+    with httpx.Client(timeout=30) as http:
+        with http.stream("POST", f"{live.url}/v1/chat/completions", json=body,
+                         headers={"Authorization": f"Bearer {API_KEY}"}) as r:
+            lines = r.iter_lines()
+            for _ in range(5):  # the role event and two tokens
+                next(lines)
+            deadline = time.time() + 10
+            while engine.batch is None and time.time() < deadline:  # the row joins the batch after its first token
+                time.sleep(0.01)
+            assert len(engine.batch.rows) == 1
+            row = engine.batch.rows[0]
+    deadline = time.time() + 10
+    while engine.batch is not None and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.batch is None and row.cancelled
+    assert len(row.generated) < 2000  # the row went with the client, long before its 2000 tokens
+    assert streamed_text(client, "hi", temperature=0, max_tokens=3)[1] == "length"
