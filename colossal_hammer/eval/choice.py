@@ -32,9 +32,9 @@ def subject_name(bench: benchmark.Benchmark, subject: str, language: str) -> str
     return chinese if language == "zh" else english
 
 
-def build_prompts(bench: benchmark.Benchmark, shots: int, language: str) -> Dict[str, List[str]]:
-    return {subject: [prompt(q, subject_name(bench, subject, language), bench.dev.get(subject, [])[:shots], language)
-                      for q in questions] for subject, questions in bench.tests.items()}
+def build_prompts(bench: benchmark.Benchmark, shots: int, language: str, method: str) -> Dict[str, List[str]]:
+    return {subject: [prompt(q, subject_name(bench, subject, language), bench.dev.get(subject, [])[:shots], language,
+                             method) for q in questions] for subject, questions in bench.tests.items()}
 
 
 def load_model(model_dir: str, device: str):
@@ -67,7 +67,7 @@ def evaluate(model_dir: str, data: str, shots: int = 0, method: str = "letter", 
                                          f"use --method letter")
     if language == "auto":
         language = language_of([q for questions in bench.tests.values() for q in questions])
-    prompts = build_prompts(bench, shots, language)
+    prompts = build_prompts(bench, shots, language, method)
     from tqdm import tqdm
 
     model, tokenizer = load_model(folder, device)

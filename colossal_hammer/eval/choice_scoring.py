@@ -10,7 +10,8 @@ Prompt (C-Eval's format in Chinese, Hendrycks' MMLU format in English):
 A choice's score is the log-likelihood of its continuation after the prompt ("A" / " A" for the
 `letter` method; the choice's text for `loglik`), tokenized as lm-eval does: the prompt plus the
 continuation is encoded whole (with the tokenizer's own special tokens, BOS for Llama) and the
-continuation is what follows the prompt's tokens. A one-token letter is then exactly the next-token
+continuation is what follows the prompt's tokens. Few-shot examples end with their answer written as
+the scored continuation (the letter, or for `loglik` the answer's text), as lm-eval writes them. A one-token letter is then exactly the next-token
 log-probability C-Eval and CMMLU compare. `loglik` picks the best score per character of the choice's
 text (lm-eval's acc_norm).
 """
@@ -33,16 +34,18 @@ def language_of(questions: Sequence[Question]) -> str:
     return "zh" if 2 * cjk > len(questions) else "en"
 
 
-def format_question(q: Question, language: str, with_answer: bool) -> str:
+def format_question(q: Question, language: str, answer_as: str = "") -> str:
+    """The question, its choices and the cue; for a few-shot example (answer_as = the method) also the
+    answer, written as that method's continuation: the letter, or the answer's text for loglik."""
     text = q.question + "".join(f"\n{letter}. {choice}" for letter, choice in zip(LETTERS, q.choices)) + CUES[language]
-    if with_answer:
-        text += DELIMITERS[language] + LETTERS[q.answer] + "\n\n"
+    if answer_as:
+        text += continuations(q, answer_as, language)[q.answer] + "\n\n"
     return text
 
 
-def prompt(q: Question, subject_name: str, shots: Sequence[Question], language: str) -> str:
-    return (HEADERS[language].format(subject_name) + "".join(format_question(s, language, True) for s in shots)
-            + format_question(q, language, False))
+def prompt(q: Question, subject_name: str, shots: Sequence[Question], language: str, method: str = "letter") -> str:
+    return (HEADERS[language].format(subject_name) + "".join(format_question(s, language, method) for s in shots)
+            + format_question(q, language))
 
 
 def continuations(q: Question, method: str, language: str) -> List[str]:

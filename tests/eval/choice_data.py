@@ -11,6 +11,9 @@ from colossal_hammer.demo import texts
 
 LETTERS = "ABCD"
 SUBJECTS = ("news_topic", "news_headline")
+# answers of 2 to 4 characters, so that scoring per character (acc_norm) can choose otherwise than per answer
+NAMES = {"体育": "体育", "娱乐": "娱乐圈", "家居": "家居装修", "教育": "教育", "时尚": "时尚潮流", "时政": "时政要闻",
+         "游戏": "游戏", "社会": "社会新闻", "科技": "科技", "财经": "财经金融"}
 
 
 def questions(per_subject: int = 24, dev: int = 3, seed: int = 0):
@@ -27,7 +30,7 @@ def questions(per_subject: int = 24, dev: int = 3, seed: int = 0):
             options = [category] + rng.sample([c for c in categories if c != category], 3)
             rng.shuffle(options)
             row = {"question": f"这条新闻属于哪一类？{sentence}"}
-            row.update(zip(LETTERS, options))
+            row.update(zip(LETTERS, (NAMES[o] for o in options)))
             row["answer"] = LETTERS[options.index(category)]
             rows.append(row)
         out[subject] = {"dev": rows[:dev], "test": rows[dev:]}
