@@ -18,6 +18,7 @@ text (lm-eval's acc_norm).
 
 from __future__ import annotations
 
+import functools
 from typing import Dict, List, Sequence, Tuple
 
 from .benchmark import LETTERS, Question
@@ -60,13 +61,13 @@ def pick(scores: Sequence[float], q: Question, method: str) -> int:
     return max(range(len(scores)), key=lambda i: (scores[i], -i))  # ties: the first, as numpy.argmax
 
 
-def encode_pair(tokenizer, context: str, continuation: str) -> Tuple[List[int], List[int]]:
+def encode_pair(tokenizer, context: str, continuation: str, encode=None) -> Tuple[List[int], List[int]]:
     """lm-eval's split: trailing spaces of the context move to the continuation; encode whole, then cut."""
     spaces = len(context) - len(context.rstrip())
     if spaces:
         context, continuation = context[:-spaces], context[-spaces:] + continuation
     whole = tokenizer(context + continuation).input_ids
-    head = tokenizer(context).input_ids
+    head = encode(context) if encode else tokenizer(context).input_ids
     return head, whole[len(head):]
 
 
@@ -79,8 +80,13 @@ def loglikelihoods(model, pairs: Sequence[Tuple[List[int], List[int]]], batch_si
     right-padded, so padding never moves a real token's position; inputs longer than max_length keep
     their last tokens (lm-eval's left truncation).
     """
+    import inspect
+
     import torch
 
+    # Logits only where a continuation is predicted (HF's logits_to_keep takes the positions): full
+    # logits of 8 rows x 2048 tokens x a 32k vocabulary would take 2 GB for nothing.
+    keep = "logits_to_keep" in inspect.signature(model.forward).parameters
     rows: Dict[Tuple[int, ...], List[int]] = {}
     for i, (context, continuation) in enumerate(pairs):
         if not continuation:
@@ -96,13 +102,17 @@ def loglikelihoods(model, pairs: Sequence[Tuple[List[int], List[int]]], batch_si
         for r, row in enumerate(batch):
             ids[r, :len(row)] = torch.tensor(row)
             mask[r, :len(row)] = 1
+        positions = sorted({p for row in batch for i in rows[row]
+                            for p in range(len(row) - len(pairs[i][1]), len(row))})
+        column = {p: c for c, p in enumerate(positions)} if keep else {p: p for p in range(width)}
+        extra = {"logits_to_keep": torch.tensor(positions, device=device)} if keep else {}
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device), **extra).logits
         for r, row in enumerate(batch):
             for i in rows[row]:
                 continuation = pairs[i][1]
-                end = len(row)
-                logp = torch.log_softmax(logits[r, end - len(continuation): end].float(), dim=-1)
+                where = [column[p] for p in range(len(row) - len(continuation), len(row))]
+                logp = torch.log_softmax(logits[r, where].float(), dim=-1)
                 target = torch.tensor(continuation, device=logp.device)
                 scores[i] = float(logp.gather(1, target[:, None]).sum())
         if bar is not None:
@@ -113,10 +123,11 @@ def loglikelihoods(model, pairs: Sequence[Tuple[List[int], List[int]]], batch_si
 def score_questions(model, tokenizer, prompts: Sequence[str], choices: Sequence[List[str]], batch_size: int = 8,
                     max_length: int = 4096, device="cpu", bar=None) -> List[List[float]]:
     """Per question, the log-likelihood of each continuation after its prompt."""
+    encode = functools.lru_cache(maxsize=8)(lambda text: tokenizer(text).input_ids)  # a prompt once, not per choice
     pairs, owners = [], []
     for qi, (text, options) in enumerate(zip(prompts, choices)):
         for option in options:
-            pairs.append(encode_pair(tokenizer, text, option))
+            pairs.append(encode_pair(tokenizer, text, option, encode))
             owners.append(qi)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     if bar is not None:
