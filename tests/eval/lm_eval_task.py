@@ -37,7 +37,7 @@ def task_config(name, subject, test_file, dev_file, method, shots, language, cac
     return config
 
 
-def lm_eval_scores(model_dir, data, runs, work):
+def lm_eval_scores(model_dir, data, runs, work, batch_size=1):
     """For each run (method, shots, language): subject -> (accuracy, per question per choice
     log-likelihoods, prompts) by lm-eval (acc for letter, acc_norm for loglik), in one evaluation."""
     import lm_eval
@@ -62,7 +62,7 @@ def lm_eval_scores(model_dir, data, runs, work):
             config["num_fewshot"] = shots
             (work / f"{name}.yaml").write_text(yaml.safe_dump(config, allow_unicode=True), encoding="utf-8")
             tasks[name] = (run, subject)
-    model = HFLM(pretrained=str(model_dir), batch_size=1, device="cpu")
+    model = HFLM(pretrained=str(model_dir), batch_size=batch_size, device="cpu")
     out = lm_eval.simple_evaluate(model=model, tasks=sorted(tasks), log_samples=True,
                                   task_manager=TaskManager(include_path=str(work)))
     result = {run: {} for run in runs}
