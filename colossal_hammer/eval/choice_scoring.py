@@ -1,19 +1,20 @@
 """Prompts and scores for multiple-choice questions, the way C-Eval/MMLU prompt and lm-eval scores.
 
-Prompt (C-Eval's format in Chinese, Hendrycks' MMLU format in English):
+Prompt, in C-Eval's format (Chinese) or Hendrycks' MMLU format (English, "Answer:" and " B"):
 
-    以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。      The following are multiple choice questions (with answers) about {subject}.
+    以下是中国关于{subject}考试的单项选择题，请选出其中的正确答案。\n\n
+    {dev question}\nA. ..\nB. ..\nC. ..\nD. ..\n答案：B\n\n      (--shots of these)
+    {question}\nA. ..\nB. ..\nC. ..\nD. ..\n答案：
 
-    {dev question}\nA. ..\nB. ..\nC. ..\nD. ..\n答案：B\n\n               {dev question}\nA. ..\n...\nAnswer: B\n\n
-    {question}\nA. ..\nB. ..\nC. ..\nD. ..\n答案：                     {question}\nA. ..\n...\nAnswer:
+    The following are multiple choice questions (with answers) about {subject}.\n\n ... \nAnswer:
 
 A choice's score is the log-likelihood of its continuation after the prompt ("A" / " A" for the
 `letter` method; the choice's text for `loglik`), tokenized as lm-eval does: the prompt plus the
 continuation is encoded whole (with the tokenizer's own special tokens, BOS for Llama) and the
-continuation is what follows the prompt's tokens. Few-shot examples end with their answer written as
-the scored continuation (the letter, or for `loglik` the answer's text), as lm-eval writes them. A one-token letter is then exactly the next-token
+continuation is what follows the prompt's tokens. A one-token letter is then exactly the next-token
 log-probability C-Eval and CMMLU compare. `loglik` picks the best score per character of the choice's
-text (lm-eval's acc_norm).
+text (lm-eval's acc_norm). Few-shot examples end with their answer written as the scored continuation
+(the letter, or for `loglik` the answer's text), as lm-eval writes them.
 """
 
 from __future__ import annotations
