@@ -55,10 +55,15 @@ def read_csv(path: str) -> List[Question]:
     with open(path, newline="", encoding="utf-8-sig") as f:
         reader = csv.reader(f)
         rows, start = [], 1
-        for row in reader:
-            if any(cell.strip() for cell in row):
-                rows.append((start, row))
-            start = reader.line_num + 1
+        try:
+            for row in reader:
+                if any(cell.strip() for cell in row):
+                    rows.append((start, row))
+                start = reader.line_num + 1
+        except csv.Error as e:
+            raise InputError(f"{path}:{reader.line_num}: csv: {e}") from None
+        except UnicodeDecodeError:
+            raise _not_utf8(path) from None
     if not rows:
         raise InputError(f"{path}:1: subject: the file has no questions; remove it or fill it")
     first = [cell.strip().lower() for cell in rows[0][1]]
@@ -85,12 +90,30 @@ def read_csv(path: str) -> List[Question]:
     return questions
 
 
+def _not_utf8(path: str) -> InputError:
+    """Name the first line that is not UTF-8 (the text reader decodes in blocks, so it cannot say)."""
+    with open(path, "rb") as f:
+        for number, raw in enumerate(f, 1):
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError:
+                break
+    return InputError(f"{path}:{number}: text: not UTF-8; save the file as UTF-8")
+
+
+def _lines(f, path: str):
+    try:
+        yield from enumerate(f, 1)
+    except UnicodeDecodeError:
+        raise _not_utf8(path) from None
+
+
 def read_jsonl(path: str) -> Tuple[Dict[str, List[Question]], Dict[str, List[Question]]]:
     default_subject = os.path.splitext(os.path.basename(path))[0]
     tests: Dict[str, List[Question]] = {}
     dev: Dict[str, List[Question]] = {}
     with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
+        for number, line in _lines(f, path):
             if not line.strip():
                 continue
             where = f"{path}:{number}"

@@ -157,9 +157,9 @@ def test_trained_model_beats_chance_random_does_not(bench, tokenizer_dir, tmp_pa
     assert trained["accuracy"] >= 0.9, (float(loss), trained["subjects"])
 
 
-def _write(path, text):
+def _write(path, content):
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    path.write_bytes(content if isinstance(content, bytes) else content.encode("utf-8"))
     return path
 
 
@@ -173,6 +173,11 @@ def _write(path, text):
     ("jsonl empty subject", {"b.jsonl": '{"question":"q","A":"a","B":"b","C":"c","D":"d","answer":"A"}\n'
                                         '{"question":"q","A":"a","B":"b","C":"c","D":"d","answer":"B","subject":""}\n'},
      "b.jsonl:2: subject: empty"),
+    ("not utf-8", {"test/s_test.csv": "q,a,b,c,d,A\n".encode("utf-8") + "问题,甲,乙,丙,丁,B\n".encode("gbk")},
+     "s_test.csv:2: text: not UTF-8"),
+    ("jsonl not utf-8", {"b.jsonl": '{"question":"q","A":"a","B":"b","C":"c","D":"d","answer":"A"}\n'.encode()
+                                    + '{"question":"问","A":"a","B":"b","C":"c","D":"d","answer":"A"}\n'.encode("gbk")},
+     "b.jsonl:2: text: not UTF-8"),
     ("jsonl missing field", {"b.jsonl": '{"question":"q","A":"a","B":"b","C":"c","answer":"A"}\n'},
      "b.jsonl:1: D: missing"),
 ])
