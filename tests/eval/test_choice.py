@@ -10,6 +10,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from colossal_hammer.eval.choice import evaluate, main
 from tests.conftest import save_tiny_llama
+from tests.distributed import REPO
 from tests.eval.choice_data import LETTERS, questions, write_layouts
 
 
@@ -204,3 +205,19 @@ def test_bad_flags(bench, tiny, tmp_path, capsys):
             main(model + argv)
         assert exit_.value.code == 2
         assert expected in capsys.readouterr().err
+
+
+def test_command_line_error_is_one_line_before_torch(tiny, tmp_path):
+    """`python -m colossal_hammer.eval.choice` on a bad file: exit 2, one line, and torch never loaded."""
+    import os
+    import subprocess
+    import sys
+
+    bad = _write(tmp_path / "d" / "test" / "s_test.csv", "id,question,A,B,C,D,answer\n1,q,a,b,c,d,E\n")
+    code = ("import sys, runpy; sys.argv = sys.argv[1:]; "
+            "exec('try:\\n runpy.run_module(\"colossal_hammer.eval.choice\", run_name=\"__main__\")\\n'"
+            "'finally:\\n print(\"torch\" in sys.modules, file=sys.stderr)')")
+    proc = subprocess.run([sys.executable, "-c", code, "choice", "--model", tiny, "--data", str(bad.parent.parent)],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [f"error: {bad}:2: answer: 'E' is not one of A, B, C, D", "False"]
