@@ -54,7 +54,9 @@ setup(
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
-        "test": ["pytest==9.2.0", "openai==3.57.0", "selenium==4.51.0", "pexpect==4.9.0"],  # real clients
+        # real clients for the server tests; lm-eval: tests/eval/test_choice.py checks the multiple-choice
+        # scorer against it (installs beside our torch/transformers pins: measured with pip install --dry-run)
+        "test": ["pytest==9.2.0", "openai==3.57.0", "selenium==4.51.0", "pexpect==4.9.0", "lm-eval==0.4.13"],
         "gpu": ["flash-attn"],  # GPU-only; SDPA is used where it is missing
     },
     entry_points={"console_scripts": ["colossal-hammer-train=colossal_hammer.training.cli:main"]},
