@@ -23,9 +23,10 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import sys
-from typing import TYPE_CHECKING, Dict, List, Optional, Tuple
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import InputError, check_output, require_tokenizer, run_cli, writing
 from ..tokenizer.files import copy_tokenizer_files
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
 DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' save_pretrained default
 TIED_HEAD = "lm_head.weight"
+BLOCK_BYTES = 64 * 2**20  # read and cast at most this much of a tensor at a time (in the checkpoint's dtype)
 
 
 def strip_wrapper_prefixes(key: str) -> str:
@@ -57,8 +59,8 @@ def _damaged(path: str, e: Exception) -> InputError:
 class Source:
     """Where each weight of a checkpoint lies (file, stored key, shape, dtype), read from the headers only.
 
-    A tensor is read when asked, from a file opened for that one read: safe_open maps the whole file,
-    and the pages a read touches stay resident while it is open."""
+    Tensors are read when asked, in blocks of rows, each from a file opened for that one read:
+    safe_open maps the whole file, and the pages a read touches stay resident while it is open."""
 
     def __init__(self, modeling_dir: str):
         from safetensors import safe_open
@@ -86,17 +88,32 @@ class Source:
             except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
                 raise _damaged(path, e) from None
 
-    def read(self, key: str) -> "torch.Tensor":
+    def read(self, key: str, rows: Optional[int] = None) -> Iterator["torch.Tensor"]:
+        """The tensor (its first `rows` rows) as blocks of at most BLOCK_BYTES, each read from a file
+        opened for that block alone, so neither a whole tensor nor the pages mapped for it stay in memory."""
         from safetensors import safe_open
 
         path, stored = self.where[key]
-        try:
-            with safe_open(path, framework="pt") as f:
-                return f.get_tensor(stored)
-        except OSError:
-            raise
-        except Exception as e:  # noqa: BLE001 - a file damaged after its header was read
-            raise _damaged(path, e) from None
+        shape = self.shapes[key]
+        if not shape:
+            starts, step = [None], 0
+        else:
+            rows = shape[0] if rows is None else rows
+            row_bytes = max(1, self.dtypes[key].itemsize * math.prod(shape[1:]))
+            step = max(1, BLOCK_BYTES // row_bytes)
+            starts = range(0, rows, step)
+        for start in starts:
+            try:
+                with safe_open(path, framework="pt") as f:
+                    if start is None:
+                        block = f.get_tensor(stored)
+                    else:
+                        block = f.get_slice(stored)[start:min(start + step, rows)]
+            except OSError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a file damaged after its header was read
+                raise _damaged(path, e) from None
+            yield block
 
 
 def _torch_dtype(code: str) -> "torch.dtype":
@@ -160,10 +177,8 @@ def plan(config, source: Source, target: "torch.dtype") -> Tuple[object, List[En
                              f"the config says {list(shape)}")
 
         def produce(origin=origin, rows=shape[0] if shape else None):
-            tensor = source.read(origin)
-            if trim and _is_vocabulary(origin) and tensor.shape[0] != rows:
-                tensor = tensor[:rows]
-            return tensor.to(target)
+            # the first `rows` rows: all of them, or the real vocabulary's when padding is trimmed
+            return (block.to(target) for block in source.read(origin, rows))
 
         entries.append(Entry(key, shape, target, produce))
     return model, entries

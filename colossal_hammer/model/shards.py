@@ -14,7 +14,7 @@ import json
 import os
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable, Dict, List, Sequence, Tuple
+from typing import TYPE_CHECKING, Callable, Dict, Iterable, List, Sequence, Tuple
 
 if TYPE_CHECKING:
     import torch
@@ -44,11 +44,12 @@ def _dtype_codes():
 
 @dataclass
 class Entry:
-    """One output tensor: its name, what it will be, and how to produce it when its turn comes."""
+    """One output tensor: its name, what it will be, and how to produce it when its turn comes: as
+    consecutive blocks of rows (dim 0), so that not even one whole tensor needs to be in memory."""
     name: str
     shape: Tuple[int, ...]
     dtype: "torch.dtype"
-    produce: Callable[[], "torch.Tensor"]
+    produce: Callable[[], Iterable["torch.Tensor"]]
 
     @property
     def nbytes(self) -> int:
@@ -103,13 +104,18 @@ def write_file(path: str, entries: Sequence[Entry], metadata: Dict[str, str]) ->
         f.write(len(text).to_bytes(8, "little"))
         f.write(text)
         for entry in entries:
-            tensor = entry.produce().contiguous()
-            if tuple(tensor.shape) != tuple(entry.shape) or tensor.dtype != entry.dtype:
-                raise AssertionError(f"{entry.name}: produced {tuple(tensor.shape)} {tensor.dtype}, "
-                                     f"planned {entry.shape} {entry.dtype}")
-            # bytes as they lie in memory (little-endian on every platform torch ships for)
-            f.write(tensor.reshape(-1).view(torch.uint8).numpy().data)
-            del tensor
+            written = 0
+            for block in entry.produce():
+                block = block.contiguous()
+                if block.dtype != entry.dtype or tuple(block.shape[1:]) != tuple(entry.shape[1:]):
+                    raise AssertionError(f"{entry.name}: produced {tuple(block.shape)} {block.dtype}, "
+                                         f"planned {entry.shape} {entry.dtype}")
+                # bytes as they lie in memory (little-endian on every platform torch ships for)
+                f.write(block.reshape(-1).view(torch.uint8).numpy().data)
+                written += block.numel() * block.element_size()
+                del block
+            if written != entry.nbytes:
+                raise AssertionError(f"{entry.name}: produced {written} bytes, planned {entry.nbytes}")
 
 
 def write_shards(output_dir: str, entries: Sequence[Entry], max_bytes: int) -> List[str]:
