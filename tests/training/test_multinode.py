@@ -151,3 +151,15 @@ def test_a_host_that_cannot_be_reached_stops_the_launch_in_one_line(ssh_home, ba
     assert "Traceback" not in proc.stdout + proc.stderr and not (tmp_path / "logs").exists()
     if bad == DEAD:  # the good host was checked first, over ssh, and nothing was launched on it
         assert ssh_home["log"].read_text().count("Accepted publickey") == accepted_before + 1
+
+
+def test_a_host_without_this_folder_or_venv_is_named(ssh_home, monkeypatch):
+    from colossal_hammer.errors import InputError
+    from colossal_hammer.hostfile import check_host
+
+    monkeypatch.setenv("HOME", str(ssh_home["home"]))  # fabric reads ~/.ssh/config from here
+    check_host(NODES[0], str(REPO), sys.executable)  # the real folder and venv: fine
+    with pytest.raises(InputError, match="has no /nonexistent/colossal_hammer or no .*same paths and venv"):
+        check_host(NODES[0], "/nonexistent/colossal_hammer", sys.executable)
+    with pytest.raises(InputError, match="same paths and venv"):
+        check_host(NODES[0], str(REPO), "/nonexistent/venv/bin/python")
