@@ -119,13 +119,17 @@ def test_pp2_trains_on_rows_of_varying_length(pp_runs, sft_data):
     # rows really vary: each step pads its two rows to their longer one, and steps differ in length
     assert all(0 < r["padding_fraction"] for r in pp["records"])
     assert len({r["tokens"] for r in pp["records"]}) > 1
-    # step 1 (before any update): one row per micro-batch, the mean of the two rows' own losses
+    # step 1 (before any update): one row per micro-batch, the rows' losses weighted by their label tokens
     dataset = BinnedDataset([str(sft_data)])
     batch = first_rows(dataset, 2, dataset.pad_id)
     model = AutoModelForCausalLM.from_pretrained(pp_runs["model"])
+    rows = [{k: v[i:i + 1] for k, v in batch.items()} for i in range(2)]
     with torch.no_grad():
-        rows = [model(**{k: v[i:i + 1] for k, v in batch.items()}).loss.item() for i in range(2)]
-    assert abs(pp["losses"][0] - sum(rows) / 2) <= REF_TOL, (pp["losses"][0], rows)
+        losses = [model(**row).loss.item() for row in rows]
+    counts = [int((row["labels"][:, 1:] != -100).sum()) for row in rows]
+    assert counts[0] != counts[1]  # else weighting by tokens and by rows could not be told apart
+    expected = sum(loss * n for loss, n in zip(losses, counts)) / sum(counts)
+    assert abs(pp["losses"][0] - expected) <= REF_TOL, (pp["losses"][0], losses, counts)
 
 
 @pytest.mark.slow
@@ -133,7 +137,7 @@ def test_pp2_matches_ddp(pp_runs):
     base = pp_runs["base"]
     ddp = train(pp_runs["common"] + ["--plugin", "ddp", "--batch_size", "1", "--save_dir", base / "ckpt_ddp"],
                 base / "logs_ddp")
-    # one row per micro-batch (pp) or per rank (ddp): the same mean of per-row means
+    # one row per micro-batch (pp) or per rank (ddp): the same token-weighted mean
     for step, (a, b) in enumerate(zip(pp_runs["pp"]["losses"], ddp["losses"]), start=1):
         assert abs(a - b) <= FP32_TOL, f"step {step}: pp2 {a:.6f} vs ddp {b:.6f}"
 
@@ -143,7 +147,8 @@ def test_pp2_with_one_micro_batch_is_refused_in_one_line(tmp_path):
     assert proc.returncode != 0
     errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, proc.stdout[-3000:]
-    assert errors[0].startswith("error: --pp 2 --batch_size 1 --microbatch_size 1:") and "use --batch_size 2" in errors[0]
+    assert errors[0].startswith("error: --pp 2 --batch_size 1 --accumulation_steps 1 --microbatch_size 1:")
+    assert "use --batch_size 2" in errors[0]
     # the workers exit with status 2 and no traceback of their own (torchrun's agent prints its own)
     assert "exitcode: 2" in proc.stdout and "[rank0]: Traceback" not in proc.stdout
     assert "Number of microbatch" not in proc.stdout  # the schedule's assertion was never reached
