@@ -39,15 +39,20 @@ def test_chat_flag_keeps_its_old_template_meaning():
         inference_example.build_parser().parse_args(["--model_path", "m", "--chat", "llama9"])
 
 
+def spawn_chat(model_dir, *flags):
+    """inference_example.py --chat in a pseudo-terminal, as a person runs it."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
+    return pexpect.spawn(sys.executable, [str(REPO / "inference_example.py"), "--model_path", model_dir, "--chat",
+                                          *flags, "--device", "cpu"],
+                         env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+
+
 def test_terminal_chat_two_turns_reset_exit(served_model):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     model = AutoModelForCausalLM.from_pretrained(served_model).eval()
     tok = AutoTokenizer.from_pretrained(served_model)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
-    child = pexpect.spawn(sys.executable, [str(REPO / "inference_example.py"), "--model_path", served_model, "--chat",
-                                           "--do_sample", "false", "--max_new_tokens", "8", "--device", "cpu"],
-                          env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    child = spawn_chat(served_model, "--do_sample", "false", "--max_new_tokens", "8")
     child.expect("/reset starts a new conversation")
     child.expect_exact(">>> ")
     child.sendline("Hello there")
@@ -70,10 +75,7 @@ def test_terminal_chat_two_turns_reset_exit(served_model):
 
 
 def test_ctrl_c_stops_the_reply_not_the_session(served_model):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "utf-8", "OMP_NUM_THREADS": "1"}
-    child = pexpect.spawn(sys.executable, [str(REPO / "inference_example.py"), "--model_path", served_model, "--chat",
-                                           "--temperature", "0", "--max_new_tokens", "2000", "--device", "cpu"],
-                          env=env, encoding="utf-8", timeout=60, dimensions=(40, 200))
+    child = spawn_chat(served_model, "--temperature", "0", "--max_new_tokens", "2000")
     child.expect_exact(">>> ")
     child.sendline("Tell me everything.")
     child.expect_exact("Tell me everything.\r\n")
