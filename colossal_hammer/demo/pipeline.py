@@ -301,7 +301,13 @@ def run_demo(out: Path, scale: str) -> dict:
     demo.report(results)
     print(f"\nbits per byte on held-out text: {json.dumps(results)}")
     print(f"report: {out / 'report.md'} ({progress.finish():.0f} s in all)")
+    print(f"talk to the SFT model (page on http://127.0.0.1:8000/, OpenAI API on /v1):\n"
+          f"  {serve_command(out / 'models' / 'sft')}")
     return results
+
+
+def serve_command(model_dir: Path) -> str:
+    return f"python -m colossal_hammer.serve --model {shlex.quote(str(model_dir))} --port 8000"
 
 
 if __name__ == "__main__":

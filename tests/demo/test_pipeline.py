@@ -5,8 +5,11 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from colossal_hammer.demo.pipeline import main as demo_main
 
 
-def test_quick_start_at_test_scale(tmp_path):
+def test_quick_start_at_test_scale(tmp_path, capsys):
     results = demo_main(["--scale", "test", "--output_dir", str(tmp_path / "demo")])
+    # it ends with the one command that serves its SFT model
+    assert f"python -m colossal_hammer.serve --model {tmp_path / 'demo' / 'models' / 'sft'} --port 8000" \
+        in capsys.readouterr().out
     assert results["stage2"]["zh"] < results["base"]["zh"]
     assert results["stage2"]["en"] <= 1.10 * results["base"]["en"]
     for stage in ("base", "stage1", "stage2", "sft"):
