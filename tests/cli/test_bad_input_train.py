@@ -3,11 +3,14 @@ earlier run changed; or, where the issue asks for it, a fallback that says what 
 
 import hashlib
 import json
+import os
 import shutil
+import subprocess
+import sys
 
 import pytest
 
-from tests.distributed import TINY, launch, train
+from tests.distributed import REPO, TINY, TRAIN, launch, train
 
 RUN = TINY + ["--num_samples", "32", "--plugin", "ddp", "--mixed_precision", "fp32", "--max_steps", "4",
               "--save_interval", "2"]
@@ -141,3 +144,21 @@ def test_dataset_mismatch_refused_at_start(name, sft_data, tmp_path):
     lines = error_lines(proc)
     assert len(lines) == 1 and words in lines[0], proc.stdout[-3000:]
     assert not (tmp_path / "ckpt").exists() or not any((tmp_path / "ckpt").iterdir())
+
+
+def test_each_stage_logs_beside_its_checkpoints_and_never_into_another_runs_metrics(tmp_path):
+    def run(*flags):
+        return subprocess.run([sys.executable, str(TRAIN), *RUN, "--max_steps", "1", *map(str, flags)], cwd=tmp_path,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=600)
+
+    first = run("--save_dir", tmp_path / "s1")
+    assert first.returncode == 0, first.stdout[-3000:]
+    assert (tmp_path / "s1" / "logs" / "metrics.jsonl").is_file()  # the default: SAVE_DIR/logs
+    before = (tmp_path / "s1" / "logs" / "metrics.jsonl").read_bytes()
+    second = run("--save_dir", tmp_path / "s2", "--tensorboard_dir", tmp_path / "s1" / "logs")
+    assert second.returncode == 2
+    assert [line for line in second.stdout.splitlines() if line.startswith("error:")] == [
+        f"error: --tensorboard_dir {tmp_path / 's1' / 'logs'} already holds metrics.jsonl of an earlier run: give a "
+        "new --tensorboard_dir, continue that run with --resume auto, or pass --overwrite_checkpoints"]
+    assert (tmp_path / "s1" / "logs" / "metrics.jsonl").read_bytes() == before
