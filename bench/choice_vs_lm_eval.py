@@ -8,6 +8,7 @@ scorer's wall time. Needs lm-eval (the test extras); the machine may be shared, 
 Usage: python bench/choice_vs_lm_eval.py [QUESTIONS_PER_SUBJECT]   (default 100, two subjects)
 """
 
+import argparse
 import importlib.util
 import sys
 import tempfile
@@ -30,7 +31,9 @@ RUNS = (("letter", 0, "zh"), ("letter", 5, "zh"), ("loglik", 0, "zh"))
 def main():
     if importlib.util.find_spec("lm_eval") is None:
         raise SystemExit("error: lm-eval is not installed; pip install -e .[test] (it pins lm-eval==0.4.13)")
-    per_subject = int(sys.argv[1]) if len(sys.argv) > 1 else 100
+    parser = argparse.ArgumentParser(description="eval.choice against lm-eval on one local task")
+    parser.add_argument("--per_subject", type=int, default=100, help="questions per subject (2 subjects)")
+    per_subject = parser.parse_args().per_subject
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         data = questions(per_subject=per_subject, dev=5)

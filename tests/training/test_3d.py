@@ -159,7 +159,10 @@ SP = dict(enable_sequence_parallelism=True)
 
 @pytest.mark.parametrize("fields, message", [
     (dict(pp=2, batch_size=3, microbatch_size=2), "error: --batch_size 3: must be a multiple of --microbatch_size 2"),
-    (dict(pp=2, batch_size=2, microbatch_size=2), "error: --pp 2 --batch_size 2 --microbatch_size 2:"),
+    (dict(pp=2, batch_size=2, microbatch_size=2),
+     "error: --pp 2 --batch_size 2 --accumulation_steps 1 --microbatch_size 2:"),
+    # the accumulation steps of an optimizer step go through the pipeline together
+    (dict(pp=2, batch_size=1, accumulation_steps=2), None),
     (dict(sp=2), "error: --sp: a sequence-parallel size needs --enable_sequence_parallelism"),
     # rows of varying length (or an odd --max_length) cannot be split in 2 along the sequence
     (dict(sp=2, sp_mode="all_to_all", **SP), "error: --enable_sequence_parallelism --sp_mode all_to_all:"),
