@@ -157,10 +157,10 @@ def _max_token_id(root: str, manifest: dict) -> int:
     return largest
 
 
-def check_datasets(cfg: TrainConfig, vocab_size: int) -> None:
+def check_datasets(cfg: TrainConfig, manifests: list, vocab_size: int) -> None:
     """Rows fit --max_length, category weights name real categories, token ids fit the model's vocabulary."""
     categories = set()
-    for root, manifest in _manifests(cfg):
+    for root, manifest in manifests:
         prepared = manifest.get("settings", {}).get("max_length")
         if prepared is not None and prepared > cfg.max_length:
             fail(f"--dataset {root}: rows are up to {prepared} tokens long (prepared with --max_length {prepared}) "
@@ -186,9 +186,9 @@ def check_free_space(save_dir: str, num_params: int) -> None:
              f"needs up to {need / 2**30:.1f} GiB: free space or choose another --save_dir")
 
 
-def dataset_chat_template(cfg: TrainConfig) -> Optional[str]:
+def dataset_chat_template(manifests: list) -> Optional[str]:
     """The chat template SFT data was rendered with (prepare_sft_dataset.py records it), if any."""
-    templates = {m.get("chat_template") for _, m in _manifests(cfg)} - {None}
+    templates = {m.get("chat_template") for _, m in manifests} - {None}
     if len(templates) > 1:
         fail("--dataset: the SFT datasets were rendered with different chat templates; prepare them with one "
              "tokenizer and --llama_version, so the model learns one format")
@@ -197,10 +197,11 @@ def dataset_chat_template(cfg: TrainConfig) -> Optional[str]:
 
 def before_start(cfg: TrainConfig, vocab_size: int) -> dict:
     """Every check that needs no model; returns what the run starts from."""
+    manifests = _manifests(cfg)
     if cfg.dataset:
-        check_datasets(cfg, vocab_size)
+        check_datasets(cfg, manifests, vocab_size)
     start = choose_start(cfg)  # first: it tells a save_dir that does not exist from one that is empty
     check_writable(cfg.save_dir, "--save_dir")
     check_writable(cfg.tensorboard_dir, "--tensorboard_dir")
     check_metrics_file(cfg, resumed=start is not None)
-    return {"resume_from": start, "chat_template": dataset_chat_template(cfg) if cfg.dataset else None}
+    return {"resume_from": start, "chat_template": dataset_chat_template(manifests)}
