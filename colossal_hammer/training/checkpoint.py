@@ -2,15 +2,18 @@
 
 SAVE_DIR/step-N/
   modeling/            weights (safetensors, HF names) + config.json + the tokenizer when known
-  optimizer/           the plugin's optimizer state (ZeRO/Gemini shards gathered by the Booster)
+  optimizer/           ddp: the Booster's optimizer files (rank 0's copy; every rank holds the same).
+                       zero2, zero2_cpu, gemini, 3d: rank-R-*.safetensors + rank-R.json, the states each
+                       rank owns, written by that rank (rank_files.py: nothing is gathered)
   lr_scheduler/state.json
   rng/rank-R.json      torch (CPU and CUDA), numpy and Python RNG states of every rank
-  master/rank-R.safetensors  ZeRO's fp32 master shards (the Booster saves only the bf16/fp16 working
+  master/rank-R-*.safetensors  ZeRO's fp32 master shards (the Booster saves only the bf16/fp16 working
                        weights, from which a resumed run would re-derive rounded masters and drift)
-  master/gemini-rank-R.safetensors  the same for Gemini: this rank's shard of every fp32 master chunk
+  master/gemini-rank-R-*.safetensors  the same for Gemini: this rank's shard of every fp32 master chunk
   running_states.json  step, epoch, sampler state, data-parallel size, and the run's settings
   files.json           every file above with its size, written last
 
+Weights and every per-rank file are cut into files of at most --checkpoint_shard_size MB.
 Every rank writes into SAVE_DIR/.tmp-step-N/ and rank 0 renames it to step-N only after all have
 finished, so a step-N folder is complete by construction; a run killed mid-save leaves a .tmp folder
 that `--resume auto` ignores. A step-N damaged afterwards (a truncated or deleted file, a copy that
@@ -34,6 +37,7 @@ import torch.distributed as dist
 
 from ..tokenizer.files import copy_tokenizer_files
 from . import faults
+from .rank_files import has_rank_optimizer, load_optimizer, read_tensors, save_optimizer, save_tensors
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 TMP_DIR = re.compile(r"^\.tmp-step-(\d+)$")
@@ -155,8 +159,10 @@ def _read_json(path: str):
 
 class Checkpointer:
     def __init__(self, booster, save_dir: str, keep_last: int = 0, tokenizer_dir: Optional[str] = None,
-                 chat_template: Optional[str] = None):
+                 chat_template: Optional[str] = None, shard_size_mb: float = 1024, per_rank_optimizer: bool = True):
         self.booster = booster
+        self.shard_size_mb = shard_size_mb
+        self.per_rank_optimizer = per_rank_optimizer  # False for ddp, whose ranks hold the same states
         self.save_dir = save_dir
         self.keep_last = keep_last
         self.tokenizer_dir = tokenizer_dir
@@ -170,18 +176,21 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         dist.barrier()
-        self.booster.save_model(model, os.path.join(tmp, "modeling"), shard=True, use_safetensors=True)
+        self.booster.save_model(model, os.path.join(tmp, "modeling"), shard=True, use_safetensors=True,
+                                size_per_shard=self.shard_size_mb)
         faults.kill_if("kill_mid_save", step)  # weights written, the rest not: a crash mid-save
-        self.booster.save_optimizer(optimizer, os.path.join(tmp, "optimizer"), shard=True)
+        shard_bytes = int(self.shard_size_mb * 1024**2)
+        if self.per_rank_optimizer:
+            save_optimizer(optimizer, os.path.join(tmp, "optimizer"), self.rank, shard_bytes)
+        else:
+            self.booster.save_optimizer(optimizer, os.path.join(tmp, "optimizer"), shard=True,
+                                        size_per_shard=self.shard_size_mb)
         _write_json(os.path.join(tmp, "rng", f"rank-{self.rank}.json"), rng_state())
         masters = zero_master_params(optimizer)
         if masters is not None:
-            from safetensors.torch import save_file
-
-            os.makedirs(os.path.join(tmp, "master"), exist_ok=True)
-            save_file({str(i): p.detach().contiguous().cpu() for i, p in enumerate(masters)},
-                      os.path.join(tmp, "master", f"rank-{self.rank}.safetensors"))
-        save_gemini_masters(optimizer, os.path.join(tmp, "master"), self.rank)
+            save_tensors(((str(i), p) for i, p in enumerate(masters)), os.path.join(tmp, "master"),
+                         f"rank-{self.rank}", shard_bytes)
+        save_gemini_masters(optimizer, os.path.join(tmp, "master"), self.rank, shard_bytes)
         if self.rank == 0:
             self._save_model_files(model, os.path.join(tmp, "modeling"))
             _write_json(os.path.join(tmp, "lr_scheduler", "state.json"), lr_scheduler.state_dict())
@@ -216,18 +225,22 @@ class Checkpointer:
         if not os.path.isfile(os.path.join(path, "running_states.json")):
             raise SystemExit(f"error: {path}: not a complete checkpoint (no running_states.json)")
         self.booster.load_model(model, os.path.join(path, "modeling"))
-        self.booster.load_optimizer(optimizer, os.path.join(path, "optimizer"))
+        if has_rank_optimizer(os.path.join(path, "optimizer")):
+            try:
+                load_optimizer(optimizer, os.path.join(path, "optimizer"), self.rank)
+            except ValueError as e:
+                raise SystemExit(f"error: {e}; resume it with the flags and number of processes that saved it")
+        else:
+            self.booster.load_optimizer(optimizer, os.path.join(path, "optimizer"))
         lr_scheduler.load_state_dict(_read_json(os.path.join(path, "lr_scheduler", "state.json")))
         rng_file = os.path.join(path, "rng", f"rank-{self.rank}.json")
         if os.path.isfile(rng_file):
             set_rng_state(_read_json(rng_file))
         states = _read_json(os.path.join(path, "running_states.json"))
         masters = zero_master_params(optimizer)
-        master_file = os.path.join(path, "master", f"rank-{self.rank}.safetensors")
-        if masters is not None and os.path.isfile(master_file) and states.get("world_size") == dist.get_world_size():
-            from safetensors.torch import load_file
-
-            saved = load_file(master_file)
+        if masters is not None and states.get("world_size") == dist.get_world_size():
+            _, saved = read_tensors(os.path.join(path, "master"), f"rank-{self.rank}")
+            saved = dict(saved)
             if len(saved) == len(masters) and all(saved[str(i)].shape == p.shape for i, p in enumerate(masters)):
                 with torch.no_grad():
                     for i, p in enumerate(masters):
@@ -282,16 +295,12 @@ def _gemini_layout_key(chunks: list) -> str:
                        for c in chunks])
 
 
-def save_gemini_masters(optimizer, master_dir: str, rank: int) -> None:
+def save_gemini_masters(optimizer, master_dir: str, rank: int, shard_bytes: int) -> None:
     chunks = _gemini_master_chunks(optimizer)
     if chunks is None:
         return
-    from safetensors.torch import save_file
-
-    os.makedirs(master_dir, exist_ok=True)
-    save_file({str(i): c.payload.detach().cpu().contiguous().clone() for i, c in enumerate(chunks)},
-              os.path.join(master_dir, f"gemini-rank-{rank}.safetensors"),
-              metadata={"layout": _gemini_layout_key(chunks)})
+    save_tensors(((str(i), c.payload) for i, c in enumerate(chunks)), master_dir, f"gemini-rank-{rank}",
+                 shard_bytes, metadata={"layout": _gemini_layout_key(chunks)})
 
 
 def load_gemini_masters(optimizer, master_dir: str, rank: int) -> None:
@@ -301,20 +310,15 @@ def load_gemini_masters(optimizer, master_dir: str, rank: int) -> None:
     chunks = _gemini_master_chunks(optimizer)
     if chunks is None:
         return
-    from safetensors import safe_open
-
-    path = os.path.join(master_dir, f"gemini-rank-{rank}.safetensors")
-    layout = None
-    if os.path.isfile(path):
-        with safe_open(path, framework="pt") as f:
-            layout = (f.metadata() or {}).get("layout")
-            if layout == _gemini_layout_key(chunks):
-                with torch.no_grad():
-                    for i, chunk in enumerate(chunks):
-                        chunk.payload.copy_(f.get_tensor(str(i)))
-                    for chunk16 in optimizer.chunk16_set:
-                        chunk16.optim_update()
-                return
+    metadata, saved = read_tensors(master_dir, f"gemini-rank-{rank}")
+    layout = metadata.get("layout")
+    if layout is not None and layout == _gemini_layout_key(chunks):
+        with torch.no_grad():
+            for name, tensor in saved:
+                chunks[int(name)].payload.copy_(tensor)
+            for chunk16 in optimizer.chunk16_set:
+                chunk16.optim_update()
+        return
     if rank == 0:
         reason = "no fp32 masters saved" if layout is None else "saved under another chunk layout"
         print(f"warning: {master_dir}: {reason}; Gemini's fp32 masters restart from the saved "

@@ -81,6 +81,13 @@ class TrainConfig:
     save_dir: str = _f("checkpoint_dir", "Checkpoints go to SAVE_DIR/step-N/.")
     save_interval: int = _f(1000, "Save every N optimizer steps (0: only at the end).")
     keep_last: int = _f(0, "Keep only the newest K checkpoints (0 keeps all).")
+    checkpoint_shard_size: float = _f(1024.0, "Largest checkpoint file in MB (weights, optimizer states, masters): "
+                                          "what a rank holds in memory at most while it saves.")
+    optimizer_checkpoint: str = _f(
+        "per_rank", "per_rank: each rank writes the optimizer states it owns (nothing gathered; resumes on the same "
+                    "plugin flags and number of processes). gathered: the Booster gathers them into one set of "
+                    "files that resumes on another number of processes. ddp always writes rank 0's copy.",
+        choices=("per_rank", "gathered"))
     load_checkpoint: Optional[str] = _f(None, "Resume the full state (model, optimizer, schedule, data position, RNG) from a step-N folder.")
     resume: Optional[str] = _f(None, "'auto': resume from the newest complete checkpoint in --save_dir (a damaged "
                                      "newer one is reported and passed over); start at step 0 if there is none.",
@@ -128,6 +135,8 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "grad_clip", "save_interval", "keep_last", "num_samples"):
             if getattr(self, name) < 0:
                 raise SystemExit(f"error: --{name} must be >= 0 (got {getattr(self, name)})")
+        if not self.checkpoint_shard_size > 0:
+            raise SystemExit(f"error: --checkpoint_shard_size must be > 0 MB (got {self.checkpoint_shard_size})")
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise SystemExit("error: --warmup_steps must be >= 0")
         if self.max_steps is not None and self.max_steps < 1:

@@ -97,7 +97,9 @@ class Trainer:
         self.attempts = 0  # train_step calls in this process, skipped ones included
         self.last_saved_step = None
         self.checkpointer = Checkpointer(self.booster, cfg.save_dir, cfg.keep_last,
-                                         tokenizer_folder(weights_source(cfg)[0]), start["chat_template"])
+                                         tokenizer_folder(weights_source(cfg)[0]), start["chat_template"],
+                                         shard_size_mb=cfg.checkpoint_shard_size,
+                                         per_rank_optimizer=cfg.plugin != "ddp" and cfg.optimizer_checkpoint == "per_rank")
         self.resumed_from = start["resume_from"]
         if self.resumed_from:
             self._restore(self.resumed_from)

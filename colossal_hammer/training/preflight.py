@@ -17,9 +17,11 @@ import torch.distributed as dist
 
 from .checkpoint import checkpoint_problem, complete_checkpoints, newest_good_checkpoint, our_folders
 from .config import TrainConfig
+from .rank_files import has_rank_optimizer
 
 # Settings a checkpoint cannot be resumed across: the model it started from (which stage it is), and the
-# plugin layout that shaped its optimizer files. The data-parallel size may change (the sampler re-splits).
+# plugin layout that shaped its optimizer files. The data-parallel size may change (the sampler re-splits)
+# when the optimizer states were gathered (ddp, --optimizer_checkpoint gathered), not when each rank wrote its own.
 STAGE_KEYS = ("pretrained", "model_config", "load_weights_only", "freeze_non_embeds_params")
 LAYOUT_KEYS = ("plugin", "tp", "pp", "sp", "sp_mode", "zero_stage", "mixed_precision", "optimizer")
 # Bytes per parameter of one checkpoint, at most: fp32 weights or bf16 weights + fp32 masters, two fp32 moments.
@@ -72,12 +74,19 @@ def _describe_source(config: dict) -> str:
 def check_same_run(path: str, cfg: TrainConfig) -> None:
     """A checkpoint resumes only the stage and plugin layout that wrote it."""
     with open(os.path.join(path, "running_states.json"), encoding="utf-8") as f:
-        saved = json.load(f).get("config", {})
+        saved_states = json.load(f)
+    saved = saved_states.get("config", {})
     current = json.loads(cfg.to_json())
     if any(saved.get(k) != current.get(k) for k in STAGE_KEYS):
         fail(f"{path} belongs to another stage (it started from {_describe_source(saved)}; this run starts from "
              f"{_describe_source(current)}): give this stage its own --save_dir, or start it from those weights "
              f"with --load_weights_only {path}")
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    saved_world = saved_states.get("world_size")
+    if has_rank_optimizer(os.path.join(path, "optimizer")) and saved_world not in (None, world):
+        fail(f"{path} holds the optimizer states of each of {saved_world} processes (--optimizer_checkpoint "
+             f"per_rank); resume it with {saved_world} processes, or start a new stage from its weights with "
+             f"--load_weights_only {path}")
     changed = [k for k in LAYOUT_KEYS if saved.get(k) != current.get(k)]
     if changed:
         was = " ".join(f"--{k} {saved.get(k)}" for k in changed)

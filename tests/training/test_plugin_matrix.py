@@ -1,13 +1,16 @@
 """Every plugin at a shape where its features engage: masked SFT rows of uneven length, a vocabulary that
 is not a multiple of 64, gradient accumulation, an injected NaN-gradient step, a SIGKILL in the middle of a
 checkpoint and `--resume auto`. Each run must skip the bad step and go on, read every sample of the epoch
-exactly once, resume with losses bit-identical to the uninterrupted run, and match DDP on the same data."""
+exactly once, resume with losses bit-identical to the uninterrupted run, and match DDP on the same data.
+Checkpoints are cut into 50 KB files; every plugin but ddp writes each rank's optimizer states from that
+rank (nothing gathered), and such a checkpoint is refused, in one line, by a run of another size."""
 
 import json
 import math
 
 import pytest
 
+from colossal_hammer.training.rank_files import read_tensors
 from tests.distributed import launch, train
 from tests.training.sft_data import tiny_model, uneven_sft_dataset
 
@@ -42,7 +45,8 @@ def setup(tokenizer_dir, tmp_path_factory):
 
 def common(setup):
     return ["--pretrained", setup["model"], "--dataset", setup["data"], "--max_length", "192", "--batch_size", "1",
-            "--accumulation_steps", "2", "--num_epochs", "1", "--save_interval", "2", "--lr", "2e-3", "--seed", "5"]
+            "--accumulation_steps", "2", "--num_epochs", "1", "--save_interval", "2", "--lr", "2e-3", "--seed", "5",
+            "--checkpoint_shard_size", "0.05"]
 
 
 def ddp_reference(setup, world):
@@ -51,6 +55,22 @@ def ddp_reference(setup, world):
                                      setup["base"] / f"ddp{world}", nproc=world,
                                      env={"COLOSSAL_HAMMER_FAULTS": "nan_grad@2"})
     return setup["refs"][world]
+
+
+def check_checkpoint_files(step, name, world):
+    weights = list((step / "modeling").glob("*.safetensors"))
+    assert len(weights) > 1
+    optimizer = sorted(p.name for p in (step / "optimizer").iterdir())
+    if name == "ddp":
+        assert not any(n.startswith("rank-") for n in optimizer)
+        return
+    assert [n for n in optimizer if n.endswith(".json") and n.startswith("rank-")] == [
+        f"rank-{r}.json" for r in range(world)]
+    assert not any(n.startswith("pytorch_optim") for n in optimizer)  # the Booster's gathered files
+    for rank in range(world):
+        _, saved = read_tensors(str(step / "optimizer"), f"rank-{rank}")
+        moments = {key.split(".", 1)[1] for key, _ in saved}
+        assert {"exp_avg", "exp_avg_sq"} <= moments, moments
 
 
 def by_step(records):
@@ -77,6 +97,12 @@ def test_plugin_trains_skips_resumes_and_matches_ddp(name, setup, tmp_path):
     resumed = train(flags + ["--save_dir", tmp_path / "b", "--resume", "auto"], tmp_path / "b-logs", nproc=world,
                     env=env)
     assert resumed["info"]["start_step"] == 2
+    check_checkpoint_files(tmp_path / "b" / "step-2", name, world)
+    if name == "zero2":  # per-rank optimizer states resume only on as many processes as wrote them
+        other = launch(flags + ["--load_checkpoint", tmp_path / "b" / "step-2", "--save_dir", tmp_path / "c"],
+                       tmp_path / "c-logs", nproc=1)
+        assert other.returncode == 2 and "resume it with 2 processes" in other.stdout, other.stdout[-3000:]
+        assert "Traceback" not in other.stdout
     a, b = by_step(records), by_step(resumed["records"])
     assert [b[s] for s in range(3, max(a) + 1)] == [a[s] for s in range(3, max(a) + 1)]  # bit-identical
 
