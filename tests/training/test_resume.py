@@ -55,3 +55,16 @@ def test_nan_loss_steps_are_skipped_then_the_run_stops_with_a_checkpoint(tmp_pat
     assert proc.returncode != 0
     assert "2 steps in a row had a NaN/inf loss or gradient; stopped" in proc.stdout
     assert (tmp_path / "ckpt2" / "step-2" / "running_states.json").is_file()
+
+
+def test_gathered_optimizer_checkpoint_resumes_on_another_number_of_processes(tmp_path):
+    """--optimizer_checkpoint gathered: the Booster's files, which a 1-process run takes from a 2-process one
+    (the per-rank default is refused there: tests/training/test_plugin_matrix.py)."""
+    flags = COMMON + ["--plugin", "zero2", "--mixed_precision", "bf16", "--optimizer_checkpoint", "gathered",
+                      "--max_steps", "4"]
+    train(flags + ["--save_dir", tmp_path / "a"], tmp_path / "a" / "logs")
+    assert any(p.name.startswith("pytorch_optim") for p in (tmp_path / "a" / "step-4" / "optimizer").iterdir())
+    resumed = train(flags + ["--max_steps", "6", "--load_checkpoint", tmp_path / "a" / "step-4",
+                             "--save_dir", tmp_path / "b"], tmp_path / "b" / "logs", nproc=1)
+    assert resumed["info"]["start_step"] == 4 and "data-parallel size 2 -> 1" in resumed["output"]
+    assert sorted(losses(tmp_path / "b" / "logs")) == [5, 6]
