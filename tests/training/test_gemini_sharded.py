@@ -103,3 +103,26 @@ def test_bad_chunk_size_is_one_clear_line(tmp_path):
     assert proc.returncode != 0
     errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
     assert errors and "COLOSSAL_HAMMER_GEMINI_CHUNK_M='lots'" in errors[0], proc.stdout[-3000:]
+
+
+def test_sharded_gemini_lazy_init_keeps_the_pretrained_weights_bit_for_bit(model_config, tmp_path):
+    """--pretrained under Gemini: built under LazyInitContext, each rank materialises only its shards, the
+    Booster loads the weights into them; after a step at lr 0 the export is the input model in bf16."""
+    import torch
+    from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
+
+    from colossal_hammer.model.export import export
+
+    torch.manual_seed(0)
+    source = LlamaForCausalLM(LlamaConfig(**json.loads(model_config.read_text())))
+    source.save_pretrained(tmp_path / "model")
+    flags = base(model_config)[2:] + ["--pretrained", tmp_path / "model", "--plugin", "gemini", "--num_samples", "4",
+                                      "--max_steps", "1", "--lr", "0", "--save_dir", tmp_path / "ckpt"]
+    run = train(flags, tmp_path / "logs", env=SHARDED)
+    check_sharded(run["info"])
+    export(str(tmp_path / "ckpt" / "step-1"), str(tmp_path / "hf"))
+    back = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", torch_dtype="auto").state_dict()
+    original = source.state_dict()
+    assert back.keys() == original.keys()
+    for key, tensor in original.items():
+        assert back[key].dtype == torch.bfloat16 and torch.equal(back[key], tensor.to(torch.bfloat16)), key
