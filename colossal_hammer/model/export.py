@@ -2,6 +2,7 @@
 
     python -m colossal_hammer.model.export --checkpoint SAVE_DIR/step-N --output_dir OUT [--dtype bf16] \
         [--tokenizer_dir TOKENIZER] [--max_shard_size 5GB]
+    python -m colossal_hammer.model.export --checkpoint LORA_SAVE_DIR/step-N --output_dir OUT [--merge_lora]
 
 Streams: no model is built (its key set and shapes come from the config on the meta device), and the
 weights are copied one tensor at a time from the checkpoint's safetensors files into HF safetensors
@@ -16,6 +17,9 @@ Wrapper prefixes (`_orig_mod.` from torch.compile anywhere in a key, a leading `
 are removed by name; a key is never cut at its first dot blindly. Every weight of the model must be
 found and no key may be left over, except a tied lm_head. Rows that build.pad_vocabulary added for
 tensor parallelism are trimmed (config.json's unpadded_vocab_size).
+
+A LoRA checkpoint (modeling/adapter_config.json) is written as peft's adapter folder, or merged into its
+base with --merge_lora (colossal_hammer/adapters/export.py).
 """
 
 from __future__ import annotations
@@ -243,9 +247,26 @@ def main(argv=None) -> dict:
     p.add_argument("--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE,
                    help="Largest weights file written (5GB = 5*10^9 bytes, 2GiB = 2*2^30); above it the "
                         "weights are split into shards with a model.safetensors.index.json")
+    p.add_argument("--merge_lora", action="store_true",
+                   help="A LoRA checkpoint (train.py --lora_rank): merge the adapters into their base and write a "
+                        "whole HF model; without it the peft adapter folder is written")
+    p.add_argument("--base_model", default=None,
+                   help="With a LoRA checkpoint: the base model folder (default: the one named in its "
+                        "adapter_config.json)")
     args = p.parse_args(argv)
 
     def body():
+        from ..adapters.export import adapter_folder, export_adapter
+
+        adapters = adapter_folder(args.checkpoint)
+        if adapters:
+            check_output(args.output_dir, "--output_dir", [args.checkpoint])
+            result = export_adapter(adapters, args.output_dir, args.merge_lora, args.dtype, args.base_model,
+                                    args.max_shard_size)
+            print(json.dumps(result))
+            return result
+        if args.merge_lora:
+            raise InputError(f"--merge_lora: {args.checkpoint} holds whole weights, no LoRA adapters")
         result = export(args.checkpoint, args.output_dir, args.dtype, args.tokenizer_dir, args.max_shard_size)
         print(json.dumps(result))
         return result

@@ -20,6 +20,9 @@ def hf_folder_of(path: str, flag: str = "--checkpoint") -> str:
         raise InputError(f"{flag} {path}: no such folder; give a checkpoint step-N folder or an HF model folder")
     modeling = os.path.join(path, "modeling")
     folder = modeling if os.path.isdir(modeling) else path
+    if os.path.isfile(os.path.join(folder, "adapter_config.json")):
+        raise InputError(f"{flag} {path}: holds LoRA adapters, not whole weights; merge them into their base first: "
+                         f"python -m colossal_hammer.model.export --checkpoint {path} --output_dir DIR --merge_lora")
     if not os.path.isfile(os.path.join(folder, "config.json")):
         raise InputError(f"{flag} {path}: neither a checkpoint (step-N/modeling/config.json) nor an HF model "
                          f"folder (config.json); give a save_dir's step-N folder")

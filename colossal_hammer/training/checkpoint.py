@@ -1,7 +1,8 @@
 """Checkpoints that a crash cannot corrupt, and everything a resumed run needs to be the same run.
 
 SAVE_DIR/step-N/
-  modeling/            weights (safetensors, HF names) + config.json + the tokenizer when known
+  modeling/            weights (safetensors, HF names) + config.json + the tokenizer when known; with
+                       --lora_rank peft's adapter folder instead (adapters + modules_to_save, naming its base)
   optimizer/           ddp: the Booster's optimizer files (rank 0's copy; every rank holds the same).
                        zero2, zero2_cpu, gemini, 3d: rank-R-*.safetensors + rank-R.json, the states each
                        rank owns, written by that rank (rank_files.py: nothing is gathered)
@@ -35,6 +36,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from ..adapters import lora
 from ..tokenizer.files import copy_tokenizer_files
 from . import faults
 from .rank_files import has_rank_optimizer, load_optimizer, read_tensors, save_optimizer, save_tensors
@@ -159,8 +161,10 @@ def _read_json(path: str):
 
 class Checkpointer:
     def __init__(self, booster, save_dir: str, keep_last: int = 0, tokenizer_dir: Optional[str] = None,
-                 chat_template: Optional[str] = None, shard_size_mb: float = 1024, per_rank_optimizer: bool = True):
+                 chat_template: Optional[str] = None, shard_size_mb: float = 1024, per_rank_optimizer: bool = True,
+                 adapter_base: Optional[str] = None):
         self.booster = booster
+        self.adapter_base = adapter_base  # LoRA: modeling/ holds the adapters of the weights in this folder
         self.shard_size_mb = shard_size_mb
         self.per_rank_optimizer = per_rank_optimizer  # False for ddp, whose ranks hold the same states
         self.save_dir = save_dir
@@ -176,8 +180,11 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         dist.barrier()
-        self.booster.save_model(model, os.path.join(tmp, "modeling"), shard=True, use_safetensors=True,
-                                size_per_shard=self.shard_size_mb)
+        if self.adapter_base:
+            lora.save_adapter(self.booster, model, os.path.join(tmp, "modeling"), self.adapter_base)
+        else:
+            self.booster.save_model(model, os.path.join(tmp, "modeling"), shard=True, use_safetensors=True,
+                                    size_per_shard=self.shard_size_mb)
         faults.kill_if("kill_mid_save", step)  # weights written, the rest not: a crash mid-save
         shard_bytes = int(self.shard_size_mb * 1024**2)
         if self.per_rank_optimizer:
@@ -206,9 +213,8 @@ class Checkpointer:
         return final
 
     def _save_model_files(self, model, modeling_dir: str) -> None:
-        unwrapped = model.unwrap() if hasattr(model, "unwrap") else model
-        config = getattr(unwrapped, "config", None)
-        if config is not None:
+        config = getattr(lora.inner_model(model), "config", None)
+        if config is not None and not self.adapter_base:  # an adapter folder names its base instead
             config.save_pretrained(modeling_dir)
         if self.tokenizer_dir:
             copy_tokenizer_files(self.tokenizer_dir, modeling_dir)
@@ -224,7 +230,10 @@ class Checkpointer:
         """Restore everything into the boosted objects; returns running_states.json."""
         if not os.path.isfile(os.path.join(path, "running_states.json")):
             raise SystemExit(f"error: {path}: not a complete checkpoint (no running_states.json)")
-        self.booster.load_model(model, os.path.join(path, "modeling"))
+        if lora.is_adapter_folder(os.path.join(path, "modeling")):
+            lora.load_adapter(model, os.path.join(path, "modeling"))
+        else:
+            self.booster.load_model(model, os.path.join(path, "modeling"))
         if has_rank_optimizer(os.path.join(path, "optimizer")):
             try:
                 load_optimizer(optimizer, os.path.join(path, "optimizer"), self.rank)

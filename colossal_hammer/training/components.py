@@ -143,5 +143,8 @@ def make_data(cfg: TrainConfig, vocab_size: int, dp_size: int, dp_rank: int):
         pad_id = 0
     sampler = BucketSampler(dataset, dp_size, dp_rank, seed=cfg.seed, category_weights=cfg.weights_by_category())
     collator = PackedCollator(pad_id, cfg.max_length if cfg.padding_mode == "max_length" else None)
-    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator, drop_last=True)
+    # its own generator: each iterator draws a base seed, which from the global RNG would shift the dropout
+    # and NEFTune noise of a resumed run (it makes its iterator at the checkpoint, not at the epoch's start)
+    loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator, drop_last=True,
+                        generator=torch.Generator().manual_seed(cfg.seed))
     return dataset, sampler, loader

@@ -72,6 +72,18 @@ class TrainConfig:
     max_steps: Optional[int] = _f(None, "Stop after this many optimizer steps (the schedule still spans all epochs).")
     use_grad_checkpoint: bool = _f(False, "Recompute activations in backward to save memory.")
     use_flash_attn: bool = _f(False, "Use flash attention where the plugin and model support it (GPU only).")
+    # ---- adapters ----
+    lora_rank: int = _f(0, "Train LoRA adapters of this rank on a frozen base (0: train all weights). Plugins ddp, "
+                           "zero2, zero2_cpu.")
+    lora_alpha: float = _f(16.0, "LoRA scaling numerator: the update is (alpha / rank) * B @ A.")
+    lora_dropout: float = _f(0.05, "Dropout on the LoRA branch's input.")
+    lora_target_modules: str = _f("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                                  "Modules that get adapters (default: every linear layer of the Llama blocks).")
+    lora_modules_to_save: Optional[str] = _f(
+        None, "Modules trained in full beside the adapters and saved with them, e.g. 'embed_tokens,lm_head' after "
+              "a vocabulary extension, so that the new rows train.")
+    lora_quantize: bool = _f(False, "QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, Colossal-AI's quantize=True); "
+                                    "CUDA only.")
     use_neft: bool = _f(False, "NEFTune: uniform noise on input embeddings while training.")
     neft_alpha: float = _f(5.0, "NEFTune alpha; noise scale alpha/sqrt(L*d) with L each sample's real length.")
     seed: int = _f(42, "Seed for model init, data order and every RNG.")
@@ -135,6 +147,8 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "grad_clip", "save_interval", "keep_last", "num_samples"):
             if getattr(self, name) < 0:
                 raise SystemExit(f"error: --{name} must be >= 0 (got {getattr(self, name)})")
+        if self.lora_rank < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise SystemExit("error: --lora_rank must be >= 0, --lora_alpha > 0 and --lora_dropout in [0, 1)")
         if not self.checkpoint_shard_size > 0:
             raise SystemExit(f"error: --checkpoint_shard_size must be > 0 MB (got {self.checkpoint_shard_size})")
         if self.warmup_steps is not None and self.warmup_steps < 0:

@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 from .. import compat
 from ..model.build import DTYPES, mask_padded_logits, unpadded_vocab_size
+from ..adapters import lora
 from ..model.neftune import NEFTune
 from ..data.loader import join_batches
 from ..data.packing import IGNORE_INDEX
@@ -61,12 +62,16 @@ class Trainer:
                   "SDPA, which masks packed rows per document", flush=True)
         self.autocast_dtype = DTYPES[precision.autocast] if precision.autocast else None
         self.booster = Booster(plugin=self.plugin, mixed_precision=precision.booster_precision)
+        lora.check(cfg, self.device.type == "cuda")
         self.clip_here = precision.clip_in_loop
         start = preflight.agreed(lambda: preflight.before_start(cfg, model_vocab_size(cfg)))
 
         lazy = LazyInitContext(default_device=self.device) if precision.lazy_init else None
         model = make_model(cfg, DTYPES[precision.model_dtype], lazy)
+        if lora.enabled(cfg):
+            model = lora.apply(self.booster, model, cfg)
         self.num_params = sum(p.numel() for p in model.parameters())
+        self.num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.model_config = model.config
         self.within_documents = document_attention(cfg).within_documents
         self.peak_tflops = peak_tflops(cfg.peak_tflops, self.device)
@@ -86,7 +91,7 @@ class Trainer:
         scheduler = cosine_with_warmup(optimizer, self.total_steps, warmup)
         self.model, self.optimizer, _, _, self.lr_scheduler = self.booster.boost(
             model=model, optimizer=optimizer, lr_scheduler=scheduler)
-        unwrapped = self.model.unwrap() if hasattr(self.model, "unwrap") else self.model
+        unwrapped = lora.inner_model(self.model)
         tp_group = getattr(self.plugin, "tp_group", None)
         mask_padded_logits(unwrapped, dist.get_rank(tp_group) if tp_group is not None else 0)
         self.neftune = NEFTune(unwrapped.get_input_embeddings(), cfg.neft_alpha) if cfg.use_neft else None
@@ -99,6 +104,7 @@ class Trainer:
         self.checkpointer = Checkpointer(self.booster, cfg.save_dir, cfg.keep_last,
                                          tokenizer_folder(weights_source(cfg)[0]), start["chat_template"],
                                          shard_size_mb=cfg.checkpoint_shard_size,
+                                         adapter_base=weights_source(cfg)[0] if lora.enabled(cfg) else None,
                                          per_rank_optimizer=cfg.plugin != "ddp" and cfg.optimizer_checkpoint == "per_rank")
         self.resumed_from = start["resume_from"]
         if self.resumed_from:
@@ -141,7 +147,7 @@ class Trainer:
         run_info = describe_plugin(self.plugin)
         run_info.update(world_size=dist.get_world_size(), data_parallel_size=self.layout.dp_size,
                         cpu_compat=compat.is_active(), autocast=str(self.autocast_dtype), num_params=self.num_params,
-                        resumed_from=self.resumed_from, start_step=self.step)
+                        trainable_params=self.num_trainable, resumed_from=self.resumed_from, start_step=self.step)
         with open(os.path.join(self.cfg.tensorboard_dir, "run_info.json"), "w", encoding="utf-8") as f:
             json.dump(run_info, f, indent=2)
 

@@ -23,7 +23,8 @@ from .rank_files import has_rank_optimizer
 # plugin layout that shaped its optimizer files. The data-parallel size may change (the sampler re-splits)
 # when the optimizer states were gathered (ddp, --optimizer_checkpoint gathered), not when each rank wrote its own.
 STAGE_KEYS = ("pretrained", "model_config", "load_weights_only", "freeze_non_embeds_params")
-LAYOUT_KEYS = ("plugin", "tp", "pp", "sp", "sp_mode", "zero_stage", "mixed_precision", "optimizer")
+LAYOUT_KEYS = ("plugin", "tp", "pp", "sp", "sp_mode", "zero_stage", "mixed_precision", "optimizer", "lora_rank",
+               "lora_target_modules", "lora_modules_to_save")
 # Bytes per parameter of one checkpoint, at most: fp32 weights or bf16 weights + fp32 masters, two fp32 moments.
 CHECKPOINT_BYTES_PER_PARAM = 16
 
@@ -75,7 +76,8 @@ def check_same_run(path: str, cfg: TrainConfig) -> None:
     """A checkpoint resumes only the stage and plugin layout that wrote it."""
     with open(os.path.join(path, "running_states.json"), encoding="utf-8") as f:
         saved_states = json.load(f)
-    saved = saved_states.get("config", {})
+    # a flag newer than the checkpoint had its default there
+    saved = {**json.loads(TrainConfig().to_json()), **saved_states.get("config", {})}
     current = json.loads(cfg.to_json())
     if any(saved.get(k) != current.get(k) for k in STAGE_KEYS):
         fail(f"{path} belongs to another stage (it started from {_describe_source(saved)}; this run starts from "

@@ -1,0 +1,62 @@
+"""Export a LoRA checkpoint: peft's adapter folder as it is, or merged into its base as a whole HF model.
+
+The adapter folder is what `peft.PeftModel.from_pretrained(base, DIR)` loads (and transformers too, from
+the absolute base path in adapter_config.json). Merging loads the base in fp32, adds (alpha / r) * B @ A
+into each targeted weight, replaces modules_to_save by their trained copies, then casts to the base's dtype
+(or --dtype): one full model in memory, unlike the streaming export of whole-weight checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Optional
+
+from ..errors import InputError
+from ..tokenizer.files import copy_tokenizer_files
+from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+
+def adapter_folder(checkpoint: str) -> Optional[str]:
+    """The adapter folder of a LoRA step-N checkpoint (or the folder itself), else None."""
+    for folder in (os.path.join(checkpoint, "modeling"), checkpoint):
+        if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG)):
+            return folder
+    return None
+
+
+def base_of(adapter_dir: str, base_dir: Optional[str]) -> str:
+    with open(os.path.join(adapter_dir, ADAPTER_CONFIG), encoding="utf-8") as f:
+        named = json.load(f).get("base_model_name_or_path")
+    base = base_dir or named
+    if not base or not os.path.isfile(os.path.join(base, "config.json")):
+        raise InputError(f"{os.path.join(adapter_dir, ADAPTER_CONFIG)}: base_model_name_or_path {named!r} is not an "
+                         "HF model folder here; give the base the adapters were trained on with --base_model DIR")
+    return base
+
+
+def export_adapter(adapter_dir: str, output_dir: str, merge: bool, dtype: Optional[str] = None,
+                   base_dir: Optional[str] = None, max_shard_size: str = "5GB") -> dict:
+    base = base_of(adapter_dir, base_dir)
+    os.makedirs(output_dir, exist_ok=True)
+    if not merge:
+        for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.copyfile(os.path.join(adapter_dir, name), os.path.join(output_dir, name))
+        copied = copy_tokenizer_files(adapter_dir, output_dir) or copy_tokenizer_files(base, output_dir)
+        return {"output_dir": output_dir, "adapter": True, "base": base, "tokenizer_files": copied}
+
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from ..model.build import DTYPES
+
+    model = AutoModelForCausalLM.from_pretrained(base, torch_dtype=torch.float32)
+    target = DTYPES[dtype] if dtype else getattr(model.config, "torch_dtype", None) or torch.float32
+    target = getattr(torch, target) if isinstance(target, str) else target
+    merged = PeftModel.from_pretrained(model, adapter_dir).merge_and_unload()
+    merged.to(target).save_pretrained(output_dir, safe_serialization=True, max_shard_size=max_shard_size)
+    copied = copy_tokenizer_files(adapter_dir, output_dir) or copy_tokenizer_files(base, output_dir)
+    return {"output_dir": output_dir, "adapter": False, "merged_into": base,
+            "dtype": str(target).replace("torch.", ""), "tokenizer_files": copied}

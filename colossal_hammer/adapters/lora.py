@@ -1,0 +1,123 @@
+"""LoRA adapters through Colossal-AI's `booster.enable_lora` (peft), for every task train.py runs.
+
+The base weights are frozen (peft sets requires_grad False), so the optimizer, its states and the
+checkpoint hold only the adapters and `--lora_modules_to_save` (e.g. the embeddings and lm_head after a
+vocabulary extension, whose new rows must still train). Colossal-AI 0.5.0 wires LoRA into TorchDDPPlugin,
+LowLevelZeroPlugin and HybridParallelPlugin with tp 1; GeminiPlugin says it does not support it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Optional
+
+from ..training.config import TrainConfig
+
+# the linear layers of a Llama block; peft's "all-linear" would also take lm_head
+LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def enabled(cfg: TrainConfig) -> bool:
+    return cfg.lora_rank > 0
+
+
+def _names(text: Optional[str]) -> list:
+    return [n.strip() for n in (text or "").split(",") if n.strip()]
+
+
+def check(cfg: TrainConfig, cuda: bool) -> None:
+    """One line for a LoRA run that cannot work, before anything is built."""
+    if not enabled(cfg):
+        if cfg.lora_quantize:
+            raise SystemExit("error: --lora_quantize needs --lora_rank R (QLoRA trains adapters on a 4-bit base)")
+        return
+    works = "use --plugin zero2 (or ddp, zero2_cpu)"
+    if cfg.plugin in ("gemini", "gemini_auto"):
+        raise SystemExit(f"error: --lora_rank: Colossal-AI's GeminiPlugin has no LoRA support; {works}")
+    if cfg.plugin == "3d":
+        # enable_lora asserts tp 1, and under 3d the vocabulary is padded for the shardformer, so adapters of
+        # the embeddings would not fit the base they are exported against
+        raise SystemExit(f"error: --lora_rank under --plugin 3d is not wired here yet; {works}")
+    if not (cfg.pretrained or cfg.load_weights_only):
+        raise SystemExit("error: --lora_rank needs --pretrained DIR (or --load_weights_only DIR): a checkpoint "
+                         "holds only the adapters, and they are applied to those weights")
+    if cfg.lora_quantize and not cuda:
+        raise SystemExit("error: --lora_quantize (QLoRA: bitsandbytes 4-bit base) needs a CUDA GPU; on this "
+                         "host train the adapters on a bf16 base (drop --lora_quantize)")
+    if not _names(cfg.lora_target_modules):
+        raise SystemExit("error: --lora_target_modules: give module names, e.g. q_proj,v_proj")
+
+
+def lora_config(cfg: TrainConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
+                      lora_dropout=cfg.lora_dropout, target_modules=_names(cfg.lora_target_modules),
+                      modules_to_save=_names(cfg.lora_modules_to_save) or None)
+
+
+def apply(booster, model, cfg: TrainConfig):
+    """The model with adapters (a PeftModel), before boosting; names that match nothing are refused."""
+    from peft import PeftModel
+
+    if isinstance(model, PeftModel):
+        return model
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    missing = [n for n in _names(cfg.lora_target_modules) + _names(cfg.lora_modules_to_save) if n not in present]
+    if missing:
+        raise SystemExit(f"error: --lora_target_modules/--lora_modules_to_save: {', '.join(missing)} name no module "
+                         f"of this model (its linear layers: {', '.join(LLAMA_LINEARS)}; embed_tokens, lm_head)")
+    return booster.enable_lora(model, lora_config=lora_config(cfg), quantize=cfg.lora_quantize)
+
+
+def inner_model(boosted):
+    """The transformers model under the Booster's wrapper and peft's (Colossal-AI's own unwrap() hands out
+    a state-dict proxy for a PeftModel)."""
+    from peft import PeftModel
+
+    model = boosted.unwrap(unwrap_peft=False) if hasattr(boosted, "unwrap") else boosted
+    return model.get_base_model() if isinstance(model, PeftModel) else model
+
+
+def peft_model(boosted):
+    model = boosted.unwrap(unwrap_peft=False) if hasattr(boosted, "unwrap") else boosted
+    from peft import PeftModel
+
+    return model if isinstance(model, PeftModel) else None
+
+
+def is_adapter_folder(folder: str) -> bool:
+    return os.path.isfile(os.path.join(folder, ADAPTER_CONFIG))
+
+
+def save_adapter(booster, boosted, folder: str, base_dir: str) -> None:
+    """peft's adapter folder (what PeftModel.from_pretrained loads), naming the base it was trained on."""
+    booster.save_lora_as_pretrained(boosted, folder, use_safetensors=True)
+    if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG)):
+        with open(os.path.join(folder, ADAPTER_CONFIG), encoding="utf-8") as f:
+            config = json.load(f)
+        config["base_model_name_or_path"] = os.path.abspath(base_dir)
+        with open(os.path.join(folder, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
+            json.dump(config, f, indent=2, sort_keys=True)
+
+
+def load_adapter(boosted, folder: str) -> None:
+    """Put saved adapter (and modules_to_save) weights back into the running model."""
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    model = peft_model(boosted)
+    saved = load_file(os.path.join(folder, ADAPTER_WEIGHTS))
+    result = set_peft_model_state_dict(model, saved)
+    unexpected = getattr(result, "unexpected_keys", [])
+    if unexpected:
+        raise SystemExit(f"error: {folder}: adapter weights {unexpected[:3]} do not fit this model's adapters; "
+                         "resume with the --lora_* flags that saved it")
+
+
+def trainable_fraction(model) -> tuple:
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
