@@ -22,6 +22,8 @@ from .config import TrainConfig
 # plugin layout that shaped its optimizer files. The data-parallel size may change (the sampler re-splits).
 STAGE_KEYS = ("pretrained", "model_config", "load_weights_only", "freeze_non_embeds_params")
 LAYOUT_KEYS = ("plugin", "tp", "pp", "sp", "sp_mode", "zero_stage", "mixed_precision", "optimizer")
+# The objective: a checkpoint of one is not resumed as another (a checkpoint from before --task existed is "lm").
+OBJECTIVE_DEFAULTS = {"task": "lm", "dpo_loss": "sigmoid", "beta": 0.1, "simpo_gamma": 0.5}
 # Bytes per parameter of one checkpoint, at most: fp32 weights or bf16 weights + fp32 masters, two fp32 moments.
 CHECKPOINT_BYTES_PER_PARAM = 16
 
@@ -79,6 +81,7 @@ def check_same_run(path: str, cfg: TrainConfig) -> None:
              f"{_describe_source(current)}): give this stage its own --save_dir, or start it from those weights "
              f"with --load_weights_only {path}")
     changed = [k for k in LAYOUT_KEYS if saved.get(k) != current.get(k)]
+    changed += [k for k, default in OBJECTIVE_DEFAULTS.items() if saved.get(k, default) != current.get(k)]
     if changed:
         was = " ".join(f"--{k} {saved.get(k)}" for k in changed)
         now = " ".join(f"--{k} {current.get(k)}" for k in changed)
@@ -161,6 +164,11 @@ def check_datasets(cfg: TrainConfig, manifests: list, vocab_size: int) -> None:
     """Rows fit --max_length, category weights name real categories, token ids fit the model's vocabulary."""
     categories = set()
     for root, manifest in manifests:
+        preference = manifest.get("kind") == "preference"
+        if preference != (cfg.task == "dpo"):
+            fail(f"--dataset {root}: a {manifest.get('kind')} dataset " + (
+                "holds preference pairs: train it with --task dpo" if preference else
+                "holds no preference pairs: --task dpo needs a prepare_preference_dataset.py dataset"))
         prepared = manifest.get("settings", {}).get("max_length")
         if prepared is not None and prepared > cfg.max_length:
             fail(f"--dataset {root}: rows are up to {prepared} tokens long (prepared with --max_length {prepared}) "
