@@ -164,9 +164,6 @@ class TrainConfig:
         if self.plugin == "3d" and self.use_flash_attn:
             raise SystemExit("error: --task dpo --plugin 3d --use_flash_attn: Colossal-AI's flash attention lets the "
                              "rejected sequence see the chosen one in their shared row; drop --use_flash_attn")
-        if self.plugin.startswith("gemini"):
-            raise SystemExit(f"error: --task dpo --plugin {self.plugin}: not supported; use --plugin zero2 (or ddp, "
-                             "zero2_cpu, 3d)")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)
