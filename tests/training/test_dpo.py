@@ -89,3 +89,27 @@ def test_plugin_resumes_exactly_and_matches_ddp(name, setup, tmp_path):
     worst = max(abs(a[s] - ref[s]) / abs(ref[s]) for s in a)
     print(f"\n{name}: largest relative difference to ddp {worst:.2e} (tolerance {tolerance:.0e})")
     assert abs(a[1] - math.log(2)) < 1e-5 and worst <= tolerance, (a, ref)
+
+
+@pytest.mark.parametrize("case", ["sft_data_for_dpo", "pairs_without_dpo", "benchmark", "beta", "sequence_parallel"])
+def test_refusals_are_one_line(case, setup, tokenizer_dir, tmp_path):
+    from tests.training.sft_data import uneven_sft_dataset
+
+    model = ["--pretrained", setup["model"], "--plugin", "ddp", "--max_length", "192"]
+    args = {
+        "sft_data_for_dpo": model + ["--task", "dpo", "--dataset",
+                                     uneven_sft_dataset(tokenizer_dir, tmp_path / "sft", samples=4)],
+        "pairs_without_dpo": model + ["--dataset", setup["data"]],
+        "benchmark": model + ["--task", "dpo", "--benchmark"],
+        "beta": model + ["--task", "dpo", "--dataset", setup["data"], "--beta", "0"],
+        "sequence_parallel": ["--pretrained", setup["model"], "--dataset", setup["data"], "--task", "dpo", "--plugin",
+                              "3d", "--tp", "2", "--enable_sequence_parallelism"],
+    }[case]
+    expected = {"sft_data_for_dpo": "holds no preference pairs: --task dpo needs",
+                "pairs_without_dpo": "holds preference pairs: train it with --task dpo",
+                "benchmark": "--task dpo: give --dataset DIR made by prepare_preference_dataset.py",
+                "beta": "--beta must be > 0", "sequence_parallel": "--task dpo with --enable_sequence_parallelism"}[case]
+    proc = launch(args, tmp_path / "logs", nproc=1)
+    errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
+    assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout
