@@ -11,7 +11,7 @@ Keys:
   kept (the tokens they would have had), e.g. `too_long`, `empty_reply`, `dropped_by_template`,
   `no_reply`; and per category `documents`, `tokens`, `target_tokens`.
 - Preference data (prepare_preference_dataset.py): a document is a pair, one row holding the chosen and
-  the rejected sequence; per file `truncated_documents` and `truncated_tokens` count the pairs whose
+  the rejected sequence; `chat_template` as for SFT, `long_pairs` (truncate_prompt | skip); per file `truncated_documents` and `truncated_tokens` count the pairs whose
   prompt was cut from its start to fit --max_length and the tokens cut (both sequences' copies).
 - `categories`: per category `rows`, `tokens_out`, `padding`, `bins` (rows per bin),
   `chunked_documents`, `dirname` (its folder).
