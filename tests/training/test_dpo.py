@@ -113,3 +113,23 @@ def test_refusals_are_one_line(case, setup, tokenizer_dir, tmp_path):
     errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
     assert proc.returncode == 2 and len(errors) == 1 and expected in errors[0], proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_step_is_the_mean_over_its_pairs_however_split(setup, tmp_path):
+    """Batch 2, batch 1 x accumulation 2 and 2 ranks x batch 1 see the same pairs per step: same loss, same
+    gradient, although the pairs differ in length (a per-micro-batch mean would weigh them otherwise)."""
+    flags = common(setup) + ["--plugin", "ddp", "--mixed_precision", "fp32", "--max_steps", "3", "--lr", "1e-3",
+                             "--grad_clip", "100", "--save_interval", "0"]
+    runs = {"b2": train(flags + ["--batch_size", "2"], tmp_path / "b2", nproc=1),
+            "b1 x acc2": train(flags + ["--batch_size", "1", "--accumulation_steps", "2"], tmp_path / "acc", nproc=1),
+            "2 ranks x b1": train(flags + ["--batch_size", "1"], tmp_path / "ranks", nproc=2)}
+    ref = runs["b2"]["records"]
+    for name, run in runs.items():
+        for got, want in zip(run["records"], ref):
+            for key in ("loss", "grad_norm"):
+                assert math.isclose(got[key], want[key], rel_tol=1e-5), (name, key, got, want)
+            # rewards are beta x differences of summed log-probs (hundreds of nats in fp32, batched with other
+            # padding): equal to rounding, ~1e-6
+            for key in ("rewards/chosen", "rewards/rejected", "rewards/margin"):
+                assert abs(got[key] - want[key]) < 1e-5, (name, key, got, want)
