@@ -49,7 +49,9 @@ def sequence_logps(logits: torch.Tensor, labels: torch.Tensor, position_ids: tor
     (b, 2) their token counts. Logits at t predict the token at t + 1; computed in fp32."""
     target = labels[:, 1:]
     mask = target != IGNORE_INDEX
-    logp = torch.gather(logits[:, :-1].float().log_softmax(-1), 2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    logits = logits[:, :-1].float()
+    # the target's logit minus the log-partition: no (b, s, vocab) log-softmax tensor besides the fp32 logits
+    logp = logits.gather(2, target.clamp(min=0).unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, -1)
     seg = segment_ids(position_ids, attention_mask)[:, 1:]
     sums, counts = [], []
     for k in (0, 1):
@@ -91,7 +93,8 @@ class DPOTask:
         self.t = trainer
         self.cfg = trainer.cfg
         self.reference: Optional[torch.Tensor] = None  # (pairs, 2) float32 on every rank
-        self.sums = torch.zeros(len(METRICS), dtype=torch.float64)  # this step's metric sums (owner ranks)
+        self.sums = torch.zeros(len(METRICS), dtype=torch.float64, device=trainer.device)  # this step's metric
+        # sums (owner ranks), kept on the device: read once per step, in the step's one all_reduce
 
     # ---- reference log-probs -------------------------------------------------------------------------
     def start(self, resumed_from: Optional[str]) -> None:
@@ -197,9 +200,10 @@ class DPOTask:
         policy, counts = sequence_logps(logits, labels, inputs["position_ids"], inputs["attention_mask"])
         losses, rewards = preference_loss(policy, inputs.get("ref_logps"), counts, self.cfg.dpo_loss, self.cfg.beta,
                                           self.cfg.simpo_gamma)
-        margin = (rewards[:, 0] - rewards[:, 1]).double().cpu()
-        self.sums += torch.stack([rewards[:, 0].double().cpu().sum(), rewards[:, 1].double().cpu().sum(),
-                                  (margin > 0).double().sum(), margin.sum()])
+        rewards = rewards.double()
+        margin = rewards[:, 0] - rewards[:, 1]
+        self.sums += torch.stack([rewards[:, 0].sum(), rewards[:, 1].sum(), (margin > 0).double().sum(),
+                                  margin.sum()]).to(self.sums.device)
         return losses.sum()
 
     def units(self, batches) -> int:
@@ -234,7 +238,7 @@ class DPOTask:
         """This rank's metric sums of the step (zeros off the loss-owning ranks), and a fresh start."""
         sums = self.sums if self._owner() else torch.zeros_like(self.sums)
         self.sums = torch.zeros_like(self.sums)
-        return sums.tolist()
+        return list(sums.unbind())
 
     @staticmethod
     def metrics(totals: list, pairs: float) -> dict:
