@@ -29,7 +29,6 @@ class BinnedDataset(Dataset):
 
         self.parts = []  # (dataset, category, bin index)
         self.pad_id = 0
-        self.kinds = []  # each folder's manifest kind: pretrain, sft, preference
         self.content_hashes = []  # each folder's manifest output_hash: what the data is, byte for byte
         for root in dataset_dirs:
             manifest_path = os.path.join(root, "manifest.json")
@@ -38,7 +37,6 @@ class BinnedDataset(Dataset):
             with open(manifest_path, encoding="utf-8") as f:
                 manifest = json.load(f)
             self.pad_id = manifest["settings"].get("pad_id", self.pad_id)
-            self.kinds.append(manifest.get("kind"))
             self.content_hashes.append(manifest.get("output_hash", ""))
             for category, figures in sorted(manifest["categories"].items()):
                 for k in range(len(figures["bins"])):
