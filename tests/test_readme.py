@@ -76,6 +76,7 @@ def test_readme_example_flags_exist(command):
 
 def test_readme_shows_every_tool():
     shown = {shlex.split(c)[1] if shlex.split(c)[1] != "-m" else shlex.split(c)[2] for c in readme_python_commands()}
-    assert shown >= {"prepare_pretrain_dataset.py", "prepare_sft_dataset.py", "colossal_hammer.tokenizer.analyze",
+    assert shown >= {"prepare_pretrain_dataset.py", "prepare_sft_dataset.py", "prepare_preference_dataset.py",
+                     "colossal_hammer.tokenizer.analyze",
                      "colossal_hammer.tokenizer.extend", "colossal_hammer.tokenizer.merge",
                      "colossal_hammer.model.init_embeddings"}

@@ -29,6 +29,7 @@ class BinnedDataset(Dataset):
 
         self.parts = []  # (dataset, category, bin index)
         self.pad_id = 0
+        self.content_hashes = []  # each folder's manifest output_hash: what the data is, byte for byte
         for root in dataset_dirs:
             manifest_path = os.path.join(root, "manifest.json")
             if not os.path.isfile(manifest_path):
@@ -36,6 +37,7 @@ class BinnedDataset(Dataset):
             with open(manifest_path, encoding="utf-8") as f:
                 manifest = json.load(f)
             self.pad_id = manifest["settings"].get("pad_id", self.pad_id)
+            self.content_hashes.append(manifest.get("output_hash", ""))
             for category, figures in sorted(manifest["categories"].items()):
                 for k in range(len(figures["bins"])):
                     path = os.path.join(root, figures["dirname"], f"bin-{k:05d}")
@@ -55,6 +57,25 @@ class BinnedDataset(Dataset):
     def bucket_ranges(self, k: int) -> List[tuple]:
         """(category, range of global indices) for every part in bucket k."""
         return [(cat, range(self.offsets[i], self.offsets[i + 1])) for i, (_, cat, b) in enumerate(self.parts) if b == k]
+
+
+class IndexedDataset(Dataset):
+    """A BinnedDataset whose rows also carry their index (`pair_index`): DPO looks up each pair's reference
+    log-probs by it. Everything else, the sampler's view included, is the wrapped dataset's."""
+
+    def __init__(self, dataset: BinnedDataset):
+        self.inner = dataset
+
+    def __len__(self) -> int:
+        return len(self.inner)
+
+    def __getitem__(self, index: int) -> dict:
+        return {**self.inner[index], "pair_index": index}
+
+    def __getattr__(self, name):
+        if name == "inner":  # not set yet (unpickling): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
 
 
 class BucketSampler(Sampler[int]):
@@ -128,7 +149,8 @@ def join_batches(batches: List[Dict[str, torch.Tensor]], pad_id: int) -> Dict[st
     """Collated batches as one, the shorter ones padded on the right (as the collator pads a row)."""
     width = max(b["input_ids"].shape[1] for b in batches)
     fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0, "position_ids": 0}
-    return {key: torch.cat([torch.nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=fill[key])
+    return {key: torch.cat([b[key] if b[key].dim() == 1 else  # per-row keys (pair_index) need no padding
+                            torch.nn.functional.pad(b[key], (0, width - b[key].shape[1]), value=fill[key])
                             for b in batches]) for key in batches[0]}
 
 
@@ -162,4 +184,6 @@ class PackedCollator:
             batch["position_ids"][i] = torch.tensor(position_ids(r["doc_lengths"], width))
             starts = [0, *itertools.accumulate(r["doc_lengths"])][:-1]
             batch["labels"][i, starts] = IGNORE_INDEX
+        if rows and "pair_index" in rows[0]:
+            batch["pair_index"] = torch.tensor([r["pair_index"] for r in rows], dtype=torch.long)
         return batch

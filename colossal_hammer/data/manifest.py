@@ -2,7 +2,7 @@
 no timings, no absolute paths, no worker counts, sorted keys.
 
 Keys:
-- `kind` ("pretrain" | "sft"), `settings` (everything that determines the output, `pad_id` included).
+- `kind` ("pretrain" | "sft" | "preference"), `settings` (everything that determines the output, `pad_id` included).
 - `chat_template` (SFT only): the exact jinja template the conversations were rendered with, the
   tokenizer's own or the built-in Llama-2/Llama-3 one. Training copies it into the checkpoint's
   tokenizer, so inference formats prompts as the model was taught.
@@ -10,6 +10,9 @@ Keys:
   `dropped_turns` and `dropped_tokens` by reason: turns cut from conversations that were otherwise
   kept (the tokens they would have had), e.g. `too_long`, `empty_reply`, `dropped_by_template`,
   `no_reply`; and per category `documents`, `tokens`, `target_tokens`.
+- Preference data (prepare_preference_dataset.py): a document is a pair, one row holding the chosen and
+  the rejected sequence; `chat_template` as for SFT, `long_pairs` (truncate_prompt | skip); per file `truncated_documents` and `truncated_tokens` count the pairs whose
+  prompt was cut from its start to fit --max_length and the tokens cut (both sequences' copies).
 - `categories`: per category `rows`, `tokens_out`, `padding`, `bins` (rows per bin),
   `chunked_documents`, `dirname` (its folder).
 - `totals`: the sums of the above, and `output_hash`: sha256 over each Arrow file's relative path and
@@ -26,6 +29,7 @@ from typing import Dict, Optional
 class Manifest:
     def __init__(self, kind: str, settings: dict, extra: Optional[dict] = None):
         self.kind = kind
+        self.counts_truncation = kind == "preference"  # the other kinds never cut a document
         self.settings = settings
         self.extra = dict(extra or {})  # top-level keys written after `settings`, e.g. chat_template
         # file name -> {"lines": n, "skipped": {reason: n}, "dropped_turns": {reason: n},
@@ -36,7 +40,7 @@ class Manifest:
     def _file(self, name: str) -> dict:
         if name not in self.files:
             self.files[name] = {"lines": 0, "skipped": Counter(), "dropped_turns": Counter(),
-                                "dropped_tokens": Counter(),
+                                "dropped_tokens": Counter(), "truncated_documents": 0, "truncated_tokens": 0,
                                 "categories": defaultdict(lambda: {"documents": 0, "tokens": 0, "target_tokens": 0})}
         return self.files[name]
 
@@ -52,6 +56,12 @@ class Manifest:
         entry["dropped_turns"][reason] += turns
         entry["dropped_tokens"][reason] += tokens
 
+    def truncated(self, name: str, tokens: int) -> None:
+        """A kept document was cut by `tokens` tokens to fit the row."""
+        entry = self._file(name)
+        entry["truncated_documents"] += 1
+        entry["truncated_tokens"] += tokens
+
     def document(self, name: str, category: str, tokens: int, target_tokens: int) -> None:
         entry = self._file(name)["categories"][category]
         entry["documents"] += 1
@@ -66,6 +76,8 @@ class Manifest:
             name: {"lines": f["lines"], "skipped": dict(sorted(f["skipped"].items())),
                    "dropped_turns": dict(sorted(f["dropped_turns"].items())),
                    "dropped_tokens": dict(sorted(f["dropped_tokens"].items())),
+                   **({"truncated_documents": f["truncated_documents"], "truncated_tokens": f["truncated_tokens"]}
+                      if self.counts_truncation else {}),
                    "categories": {c: dict(v) for c, v in sorted(f["categories"].items())}}
             for name, f in sorted(self.files.items())
         }
@@ -75,6 +87,9 @@ class Manifest:
             totals["skipped"] += sum(f["skipped"].values())
             totals["dropped_turns"] += sum(f["dropped_turns"].values())
             totals["dropped_tokens"] += sum(f["dropped_tokens"].values())
+            if self.counts_truncation:
+                totals["truncated_documents"] += f["truncated_documents"]
+                totals["truncated_tokens"] += f["truncated_tokens"]
             for c in f["categories"].values():
                 totals["documents"] += c["documents"]
                 totals["tokens_in"] += c["tokens"]

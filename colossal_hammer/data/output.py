@@ -75,7 +75,7 @@ def foreign_content(out_dir: str) -> Optional[str]:
         return "has no manifest.json"
     except (OSError, ValueError):
         return "has a manifest.json that does not parse"
-    if not isinstance(manifest, dict) or manifest.get("kind") not in ("pretrain", "sft") \
+    if not isinstance(manifest, dict) or manifest.get("kind") not in ("pretrain", "sft", "preference") \
             or not isinstance(manifest.get("categories"), dict):
         return "has a manifest.json of another kind"
     categories = manifest["categories"]

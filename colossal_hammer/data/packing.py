@@ -103,15 +103,19 @@ class OnePerRow:
     def __init__(self):
         self.stats = PackingStats()
 
-    def add(self, input_ids: List[int], labels: Optional[List[int]] = None) -> Iterator[PackedRow]:
+    def add(self, input_ids: List[int], labels: Optional[List[int]] = None,
+            doc_lengths: Optional[List[int]] = None) -> Iterator[PackedRow]:
+        """`doc_lengths`: the row's own split into documents (a preference pair: chosen, rejected)."""
         labels = list(input_ids) if labels is None else labels
         if len(labels) != len(input_ids) or not input_ids:
             raise ValueError("labels and input_ids must be non-empty and of one length")
+        if doc_lengths is not None and (sum(doc_lengths) != len(input_ids) or min(doc_lengths) < 1):
+            raise ValueError("doc_lengths must be positive and sum to the row's length")
         self.stats.documents += 1
         self.stats.rows += 1
         self.stats.tokens_in += len(input_ids)
         self.stats.tokens_out += len(input_ids)
-        yield PackedRow(input_ids, labels, [len(input_ids)], 0)
+        yield PackedRow(input_ids, labels, list(doc_lengths or [len(input_ids)]), 0)
 
     def flush(self) -> Optional[PackedRow]:
         return None

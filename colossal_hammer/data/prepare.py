@@ -122,8 +122,9 @@ class _Category:
         self.bins = CategoryBins(out_dir, name, cfg.num_spliced_dataset_bins, cfg.seed)
         self.rows = Packer(cfg.max_length, pad_id) if cfg.pack else OnePerRow()
 
-    def add(self, ids, labels) -> None:
-        for row in self.rows.add(ids, labels):
+    def add(self, ids, labels, doc_lengths=None) -> None:
+        rows = self.rows.add(ids, labels, doc_lengths) if doc_lengths else self.rows.add(ids, labels)
+        for row in rows:
             self.bins.add(row)
 
     def finish(self) -> dict:
@@ -156,7 +157,9 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
     `describe()` loads the tokenizer and returns (pad id, more top-level manifest keys); it is called only
     once the flags and folders passed their checks, so those mistakes are told before transformers is even
     imported. Workers return ("skip", file, line, reason, detail) or ("doc", file, line,
-    category, ids, labels, target_tokens, dropped), dropped being None or (reason, turns, tokens)."""
+    category, ids, labels, target_tokens, dropped[, extra]), dropped being None or (reason, turns, tokens) and
+    the optional `extra` a dict: `doc_lengths` (the row's own split into documents, unpacked rows only) and
+    `truncated` (tokens cut from the document to make it fit, counted in the manifest)."""
     if cfg.max_length < 2:
         raise InputError(f"--max_length must be >= 2 (got {cfg.max_length})")
     if cfg.num_spliced_dataset_bins < 1:
@@ -190,13 +193,16 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
                         raise InputError(f"{name}:{line_no}: {detail}")
                     manifest.skipped(name, reason)
                     continue
-                category, ids, labels, target_tokens, dropped = rest
+                category, ids, labels, target_tokens, dropped, *more = rest
+                extra = more[0] if more else {}
                 if category not in categories:
                     categories[category] = _Category(category, cfg, tmp_dir, pad_id)
-                categories[category].add(ids, labels)
+                categories[category].add(ids, labels, extra.get("doc_lengths"))
                 manifest.document(name, category, len(ids), target_tokens)
                 if dropped:
                     manifest.dropped(name, *dropped)
+                if extra.get("truncated"):
+                    manifest.truncated(name, extra["truncated"])
                 tokens += len(ids)
             bar.update(sum(1 for r in results if r[0] == "doc"))
             bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - start):,.0f}")
@@ -222,6 +228,9 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
           f"{totals.get('rows', 0):,} rows ({totals.get('padding', 0):,} padding), "
           f"{totals.get('skipped', 0):,} lines skipped, {elapsed:.1f}s, "
           f"{totals.get('tokens_in', 0) / max(elapsed, 1e-9):,.0f} tokens/s -> {out_dir}", file=sys.stderr)
+    if totals.get("truncated_documents"):
+        print(f"{kind}: {totals['truncated_documents']:,} documents cut to fit --max_length "
+              f"({totals['truncated_tokens']:,} tokens)", file=sys.stderr)
     if totals.get("dropped_turns"):
         reasons = {}
         for f in data["files"].values():

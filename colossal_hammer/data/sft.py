@@ -51,23 +51,28 @@ BUILTIN_TEMPLATES = {2: LLAMA2_TEMPLATE, 3: LLAMA3_TEMPLATE}
 ROLES = {"human": "user", "user": "user", "assistant": "assistant", "gpt": "assistant", "system": "system"}
 
 
-def parse_conversation(raw: bytes) -> Tuple[List[dict], str]:
-    obj = load_object(raw)
-    category = string_field(obj, "category", "default")
-    messages = obj.get("messages")
+def parse_messages(messages, field: str) -> List[dict]:
+    """A jsonl message list ({"from" or "role", "content"} objects) as template messages ({"role", "content"})."""
     if not isinstance(messages, list) or not messages:
-        raise RecordProblem(BAD_MESSAGES, "field 'messages' must be a non-empty list")
+        raise RecordProblem(BAD_MESSAGES, f"field '{field}' must be a non-empty list")
     out = []
     for i, m in enumerate(messages):
         if not isinstance(m, dict):
-            raise RecordProblem(BAD_MESSAGES, f"field 'messages[{i}]' must be an object")
+            raise RecordProblem(BAD_MESSAGES, f"field '{field}[{i}]' must be an object")
         role = m.get("from", m.get("role"))
         if role not in ROLES:
-            raise RecordProblem(BAD_MESSAGES, f"field 'messages[{i}].from' must be one of human, assistant, system")
+            raise RecordProblem(BAD_MESSAGES, f"field '{field}[{i}].from' must be one of human, assistant, system")
         content = m.get("content")
         if not isinstance(content, str):
-            raise RecordProblem(BAD_MESSAGES, f"field 'messages[{i}].content' must be a string")
+            raise RecordProblem(BAD_MESSAGES, f"field '{field}[{i}].content' must be a string")
         out.append({"role": ROLES[role], "content": content})
+    return out
+
+
+def parse_conversation(raw: bytes) -> Tuple[List[dict], str]:
+    obj = load_object(raw)
+    category = string_field(obj, "category", "default")
+    out = parse_messages(obj.get("messages"), "messages")
     if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
         raise RecordProblem(EMPTY_TEXT, "no non-empty assistant turn in 'messages'")
     return out, category

@@ -11,6 +11,7 @@ SAVE_DIR/step-N/
   master/rank-R-*.safetensors  ZeRO's fp32 master shards (the Booster saves only the bf16/fp16 working
                        weights, from which a resumed run would re-derive rounded masters and drift)
   master/gemini-rank-R-*.safetensors  the same for Gemini: this rank's shard of every fp32 master chunk
+  reference_logps.safetensors  DPO only: the frozen reference log-probs of every pair (training/dpo.py)
   running_states.json  step, epoch, sampler state, data-parallel size, and the run's settings
   files.json           every file above with its size, written last
 
@@ -172,6 +173,7 @@ class Checkpointer:
         self.tokenizer_dir = tokenizer_dir
         self.chat_template = chat_template  # the template SFT data was rendered with, for inference to reuse
         self.rank = dist.get_rank()
+        self.extra_files = {}  # name in step-N/ -> file rank 0 copies there (DPO's reference log-probs)
 
     def save(self, step: int, model, optimizer, lr_scheduler, running_states: dict) -> str:
         final = os.path.join(self.save_dir, f"step-{step}")
@@ -201,6 +203,8 @@ class Checkpointer:
         if self.rank == 0:
             self._save_model_files(model, os.path.join(tmp, "modeling"))
             _write_json(os.path.join(tmp, "lr_scheduler", "state.json"), lr_scheduler.state_dict())
+            for name, source in sorted(self.extra_files.items()):
+                shutil.copyfile(source, os.path.join(tmp, name))
             _write_json(os.path.join(tmp, "running_states.json"),
                         {**running_states, "step": step, "world_size": dist.get_world_size()})
         dist.barrier()

@@ -10,7 +10,7 @@ from typing import Optional, Tuple
 import torch
 from torch.utils.data import DataLoader
 
-from ..data.loader import BinnedDataset, BucketSampler, PackedCollator
+from ..data.loader import BinnedDataset, BucketSampler, IndexedDataset, PackedCollator
 from ..data.random_data import RandomTokenDataset
 from ..errors import InputError
 from ..model.build import UNPADDED_VOCAB_KEY, build_model
@@ -138,6 +138,8 @@ def make_data(cfg: TrainConfig, vocab_size: int, dp_size: int, dp_rank: int):
         except InputError as e:
             raise SystemExit(f"error: {e}") from None
         pad_id = dataset.pad_id
+        if cfg.task == "dpo":
+            dataset = IndexedDataset(dataset)
     else:
         dataset = RandomTokenDataset(cfg.num_samples, cfg.max_length, vocab_size, seed=cfg.seed)
         pad_id = 0

@@ -43,6 +43,15 @@ class TrainConfig:
                                "refused at start.")
     padding_mode: str = _f("longest", "Pad unpacked (SFT) rows to the batch's longest row or to --max_length.",
                            choices=("longest", "max_length"))
+    # ---- task ----
+    task: str = _f("lm", "What to train: 'lm' the next-token loss on labelled tokens (pretraining and SFT datasets); "
+                         "'dpo' preference optimisation on a prepare_preference_dataset.py dataset.",
+                   choices=("lm", "dpo"))
+    dpo_loss: str = _f("sigmoid", "DPO loss (--task dpo): sigmoid (DPO), ipo, simpo or orpo (these two use no "
+                                  "reference model).", choices=("sigmoid", "ipo", "simpo", "orpo"))
+    beta: float = _f(0.1, "DPO beta (--task dpo): how far the policy may move from the reference; for orpo the "
+                          "weight of the odds-ratio term.")
+    simpo_gamma: float = _f(0.5, "SimPO target reward margin gamma (--dpo_loss simpo).")
     # ---- parallelism ----
     plugin: str = _f("gemini", "Booster plugin.", choices=PLUGINS)
     tp: int = _f(1, "Tensor-parallel size (plugin 3d).")
@@ -157,8 +166,27 @@ class TrainConfig:
             raise SystemExit("error: --max_steps must be >= 1")
         if self.use_neft and self.neft_alpha <= 0:
             raise SystemExit("error: --neft_alpha must be > 0 with --use_neft")
+        if self.task == "dpo":
+            self._validate_dpo()
         if self.tensorboard_dir is None:
             self.tensorboard_dir = os.path.join(self.save_dir, "logs")
+
+    def _validate_dpo(self) -> None:
+        """What --task dpo cannot combine with, refused before anything starts."""
+        if not self.dataset:
+            raise SystemExit("error: --task dpo: give --dataset DIR made by prepare_preference_dataset.py (random "
+                             "tokens hold no preference pairs)")
+        if self.beta <= 0:
+            raise SystemExit(f"error: --beta must be > 0 (got {self.beta})")
+        if self.use_neft:
+            raise SystemExit("error: --task dpo with --use_neft: noisy embeddings would make the policy differ from "
+                             "its reference at step 0; drop --use_neft")
+        if self.enable_sequence_parallelism:
+            raise SystemExit("error: --task dpo with --enable_sequence_parallelism: a pair's log-probs are summed "
+                             "over whole sequences; use --tp/--pp without sequence parallelism")
+        if self.plugin == "3d" and self.use_flash_attn:
+            raise SystemExit("error: --task dpo --plugin 3d --use_flash_attn: Colossal-AI's flash attention lets the "
+                             "rejected sequence see the chosen one in their shared row; drop --use_flash_attn")
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=2)

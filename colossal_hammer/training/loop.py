@@ -10,7 +10,8 @@ continues exactly where the saved one stood.
 
 A step's loss is the mean over every label token of the step: all micro-steps, all data-parallel ranks.
 Each micro-batch's mean loss is weighted by its share of those tokens (times the data-parallel size the
-plugin divides gradients by), so 5 label tokens never weigh as much as 2,000.
+plugin divides gradients by), so 5 label tokens never weigh as much as 2,000. Under `--task dpo` the unit
+is the pair instead of the label token, and the forward and loss are the DPOTask's (dpo.py).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from ..model.doc_attention import attention_pairs
 from .components import (attention_implementation, document_attention, make_data, make_model, make_optimizer,
                          model_vocab_size, tokenizer_folder, weights_source)
 from .config import TrainConfig
+from .dpo import DPOTask
 from .metrics import MetricsLogger, peak_tflops, training_flops
 from .plugins import build_plugin, describe_plugin, layout_of, precision_plan
 from .schedule import cosine_with_warmup, default_warmup_steps
@@ -107,6 +109,9 @@ class Trainer:
                                          adapter_base=weights_source(cfg)[0] if lora.enabled(cfg) else None,
                                          per_rank_optimizer=cfg.plugin != "ddp" and cfg.optimizer_checkpoint == "per_rank")
         self.resumed_from = start["resume_from"]
+        self.task = DPOTask(self) if cfg.task == "dpo" else None
+        if self.task:
+            self.task.start(self.resumed_from)  # before _restore: the reference is the starting weights
         if self.resumed_from:
             self._restore(self.resumed_from)
             self.last_saved_step = self.step
@@ -200,9 +205,10 @@ class Trainer:
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         padding = sum(b["attention_mask"].numel() for b in batches) - real
         pairs = sum(attention_pairs(b["position_ids"], b["attention_mask"], self.within_documents) for b in batches)
-        labels_total, tokens_total, padding_total, pairs_total = (
-            v / replicas for v in self._global_sum(labels, real, padding, pairs))
-        scale = self.layout.dp_size / max(labels_total, 1.0)
+        units = self.task.units(batches) if self.task else labels  # what the step's loss is a mean over
+        labels_total, tokens_total, padding_total, pairs_total, units_total = (
+            v / replicas for v in self._global_sum(labels, real, padding, pairs, units))
+        scale = self.layout.dp_size / max(units_total, 1.0)
         if self.layout.pipeline:
             # One execute_pipeline per optimizer step, its micro-batches being all the accumulation steps':
             # the pipeline bubble and the data-parallel gradient sync are paid once, not once per micro-step.
@@ -210,7 +216,8 @@ class Trainer:
         loss_sum = None
         for micro, batch in enumerate(batches):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            loss = self._forward_backward(batch, scale, last_micro=micro == len(batches) - 1)
+            forward_backward = self.task.forward_backward if self.task else self._forward_backward
+            loss = forward_backward(batch, scale, last_micro=micro == len(batches) - 1)
             if loss is not None:
                 loss_sum = loss if loss_sum is None else loss_sum + loss
         self.sampler.mark_consumed(cfg.batch_size * cfg.accumulation_steps)
@@ -218,7 +225,7 @@ class Trainer:
         # shard) and whether any rank's loss or gradients are not finite.
         owned = loss_sum if (loss_sum is not None and self.layout.loss_owner) else torch.zeros((), device=self.device)
         grads_bad = ~step_guard.local_grads_finite(self.model, self.optimizer)
-        loss_total, bad = self._global_sum(owned, grads_bad)
+        loss_total, bad, *task_totals = self._global_sum(owned, grads_bad, *(self.task.take_sums() if self.task else ()))
         loss_value = loss_total / self.layout.dp_size  # each rank's share carried the dp factor of the gradient mean
         skipped = bad > 0 or not math.isfinite(loss_value)
         lr = self.lr_scheduler.get_last_lr()[0]
@@ -244,6 +251,8 @@ class Trainer:
                   "tokens": int(round(tokens_total)), "label_tokens": int(round(labels_total)), "step_time": elapsed,
                   "tokens_per_second": tokens_per_second,
                   "padding_fraction": padding_total / max(1.0, tokens_total + padding_total), "skipped": skipped}
+        if self.task:
+            record.update(self.task.metrics(task_totals, units_total))
         if self.peak_tflops:
             # attention counted as computed: per document in packed rows (sum of len^2), not over whole rows
             flops = training_flops(self.model_config, self.num_params, tokens_total, pairs_total)

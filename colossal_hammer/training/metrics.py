@@ -45,7 +45,8 @@ def cut_back(path: str, step: int) -> list:
 
 
 class MetricsLogger:
-    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_second", "padding_fraction", "mfu")
+    SCALARS = ("loss", "lr", "grad_norm", "tokens_per_second", "padding_fraction", "mfu",
+               "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin")
 
     def __init__(self, log_dir: str, enabled: bool = True, resumed_step: Optional[int] = None):
         """A new run starts metrics.jsonl anew; a resumed one keeps the records up to its checkpoint's step, so

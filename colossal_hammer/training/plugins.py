@@ -144,8 +144,9 @@ def build_plugin(cfg: TrainConfig):
             cpu_offload=cfg.zero_stage >= 1 and cfg.zero_cpu_offload,
             # The loss is computed on vocabulary shards (shardformer's dist_cross_entropy); False
             # would all-gather fp32 logits of the full vocabulary on every tp rank, although only
-            # the loss is read (loop.py never touches logits).
-            parallel_output=True,
+            # the loss is read (loop.py never touches logits). DPO sums log-probs over the whole vocabulary's
+            # softmax (dpo.sequence_logps), so there lm_head gathers its output.
+            parallel_output=cfg.task != "dpo",
             # The pipeline caches the first micro-batch's shapes and reuses them for every later
             # send/receive: right only when every row has the same length.
             enable_metadata_cache=fixed_row_length(cfg),

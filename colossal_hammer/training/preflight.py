@@ -23,8 +23,10 @@ from .rank_files import has_rank_optimizer
 # plugin layout that shaped its optimizer files. The data-parallel size may change (the sampler re-splits)
 # when the optimizer states were gathered (ddp, --optimizer_checkpoint gathered), not when each rank wrote its own.
 STAGE_KEYS = ("pretrained", "model_config", "load_weights_only", "freeze_non_embeds_params")
+# The objective and the adapters too: a checkpoint of one is not resumed as another. A flag newer than a
+# checkpoint counts as its default there (a checkpoint from before --task existed is "lm").
 LAYOUT_KEYS = ("plugin", "tp", "pp", "sp", "sp_mode", "zero_stage", "mixed_precision", "optimizer", "lora_rank",
-               "lora_target_modules", "lora_modules_to_save")
+               "lora_target_modules", "lora_modules_to_save", "task", "dpo_loss", "beta", "simpo_gamma")
 # Bytes per parameter of one checkpoint, at most: fp32 weights or bf16 weights + fp32 masters, two fp32 moments.
 CHECKPOINT_BYTES_PER_PARAM = 16
 
@@ -76,7 +78,6 @@ def check_same_run(path: str, cfg: TrainConfig) -> None:
     """A checkpoint resumes only the stage and plugin layout that wrote it."""
     with open(os.path.join(path, "running_states.json"), encoding="utf-8") as f:
         saved_states = json.load(f)
-    # a flag newer than the checkpoint had its default there
     saved = {**json.loads(TrainConfig().to_json()), **saved_states.get("config", {})}
     current = json.loads(cfg.to_json())
     if any(saved.get(k) != current.get(k) for k in STAGE_KEYS):
@@ -172,6 +173,11 @@ def check_datasets(cfg: TrainConfig, manifests: list, vocab_size: int) -> None:
     """Rows fit --max_length, category weights name real categories, token ids fit the model's vocabulary."""
     categories = set()
     for root, manifest in manifests:
+        preference = manifest.get("kind") == "preference"
+        if preference != (cfg.task == "dpo"):
+            fail(f"--dataset {root}: a {manifest.get('kind')} dataset " + (
+                "holds preference pairs: train it with --task dpo" if preference else
+                "holds no preference pairs: --task dpo needs a prepare_preference_dataset.py dataset"))
         prepared = manifest.get("settings", {}).get("max_length")
         if prepared is not None and prepared > cfg.max_length:
             fail(f"--dataset {root}: rows are up to {prepared} tokens long (prepared with --max_length {prepared}) "

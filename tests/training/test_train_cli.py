@@ -13,7 +13,8 @@ def test_help_lists_every_flag():
     out = subprocess.run([sys.executable, str(REPO / "train.py"), "--help"], capture_output=True, text=True, check=True)
     for flag in ("--plugin", "--tp", "--pp", "--sp", "--zero_stage", "--sp_mode", "--enable_sequence_parallelism",
                  "--zero_cpu_offload", "--microbatch_size", "--mixed_precision", "--grad_clip",
-                 "--accumulation_steps", "--benchmark", "--num_samples", "--model_config", "--pretrained"):
+                 "--accumulation_steps", "--benchmark", "--num_samples", "--model_config", "--pretrained", "--task",
+                 "--dpo_loss", "--beta", "--simpo_gamma"):
         assert flag in out.stdout
 
 
