@@ -119,3 +119,22 @@ def test_lora_refusals_are_one_line(extra, message, setup, tmp_path):
     proc = launch(flags(setup, "--max_steps", "1", *extra), tmp_path / "logs", nproc=1)
     assert proc.returncode == 2 and message in proc.stdout, proc.stdout[-3000:]
     assert "Traceback" not in proc.stdout
+
+
+def test_dpo_with_lora_starts_at_its_reference_and_keeps_the_base(setup, tokenizer_dir, tmp_path):
+    """--task dpo --lora_rank: the adapters start at zero (B = 0), so the policy is the reference (loss ln 2);
+    the preference is learned by the adapters alone."""
+    import math
+
+    from tests.training.dpo_data import preference_dataset
+
+    pairs = preference_dataset(tokenizer_dir, tmp_path / "pairs", pairs=16)
+    args = ["--pretrained", setup["model"], "--dataset", pairs, "--task", "dpo", "--max_length", "160",
+            "--seed", "5", "--plugin", "zero2", "--mixed_precision", "bf16", "--batch_size", "2", "--num_epochs", "3",
+            "--lr", "1e-2", "--save_interval", "0", "--lora_rank", "8", "--lora_alpha", "16",
+            "--save_dir", tmp_path / "ckpt", "--tensorboard_dir", tmp_path / "logs"]
+    result = run_worker(args, tmp_path / "weights.json")
+    assert result["compared"] > 10 and result["changed"] == []
+    records = [json.loads(line) for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
+    assert abs(records[0]["loss"] - math.log(2)) < 1e-3, records[0]  # bf16 forward
+    assert records[-1]["rewards/margin"] > 0 and records[-1]["loss"] < records[0]["loss"]
