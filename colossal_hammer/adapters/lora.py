@@ -38,9 +38,11 @@ def check(cfg: TrainConfig, cuda: bool) -> None:
     if cfg.plugin in ("gemini", "gemini_auto"):
         raise SystemExit(f"error: --lora_rank: Colossal-AI's GeminiPlugin has no LoRA support; {works}")
     if cfg.plugin == "3d":
-        # enable_lora asserts tp 1, and under 3d the vocabulary is padded for the shardformer, so adapters of
-        # the embeddings would not fit the base they are exported against
-        raise SystemExit(f"error: --lora_rank under --plugin 3d is not wired here yet; {works}")
+        # enable_lora asserts tp 1; at tp 1 Colossal-AI 0.5.0's shardformer fails on the PeftModel (tried:
+        # with pp its Llama policy looks for embed_tokens on peft's wrapper; with zero it cannot replace the
+        # frozen lm_head of the lazily built model)
+        raise SystemExit(f"error: --lora_rank under --plugin 3d: Colossal-AI 0.5.0's shardformer cannot shard a "
+                         f"peft model (tp > 1 unsupported, pp/zero fail in its Llama policy); {works}")
     if not (cfg.pretrained or cfg.load_weights_only):
         raise SystemExit("error: --lora_rank needs --pretrained DIR (or --load_weights_only DIR): a checkpoint "
                          "holds only the adapters, and they are applied to those weights")
