@@ -15,7 +15,7 @@ from typing import List
 
 from .shapes import Shape
 
-VOCAB_MULTIPLE = 64  # training.plugins.VOCAB_MULTIPLE: plugin 3d pads the vocabulary to 64 * tp
+VOCAB_MULTIPLE = 64  # plugin 3d pads the vocabulary to 64 * tp (training.plugins passes it to Colossal-AI)
 ZERO_BUCKET_ELEMENTS = 12 * 2**20  # LowLevelZeroPlugin's reduce_bucket_size_in_m default
 GEMINI_MIN_CHUNK = 32 * 2**20  # GeminiPlugin's min_chunk_size_m / search_range_m defaults (Mi elements)
 GEMINI_SEARCH_INTERVAL = 1024  # gemini/chunk/utils.py without hidden_dim

@@ -219,7 +219,11 @@ class Checkpointer:
     def _save_model_files(self, model, modeling_dir: str) -> None:
         config = getattr(lora.inner_model(model), "config", None)
         if config is not None and not self.adapter_base:  # an adapter folder names its base instead
+            # saved as True, the flag makes from_pretrained of this folder keep eager attention, not SDPA
+            autoset = getattr(config, "_attn_implementation_autoset", None)
+            config._attn_implementation_autoset = False
             config.save_pretrained(modeling_dir)
+            config._attn_implementation_autoset = autoset
         if self.tokenizer_dir:
             copy_tokenizer_files(self.tokenizer_dir, modeling_dir)
         if self.chat_template:

@@ -9,20 +9,16 @@ from typing import Optional
 
 import torch.distributed as dist
 
+# VOCAB_MULTIPLE: Colossal-AI's default make_vocab_size_divisible_by. Plugin 3d pads the vocabulary to it
+# times tp at model build (model.build.pad_vocabulary); one rule for training and the planner, kept in the
+# planner's module because that one imports no torch.
+from ..plan.layout import VOCAB_MULTIPLE, vocab_multiple  # noqa: F401 (vocab_multiple: components imports it)
 from .config import TrainConfig
 
 # What runs on a CPU-only host through colossal_hammer.compat (tests/training/test_plugin_parity.py).
 CPU_PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "3d")
 
 
-# Colossal-AI's default for make_vocab_size_divisible_by: the vocabulary is padded to a multiple of
-# this times tp (its kernels' preference), here at model build (model.build.pad_vocabulary).
-VOCAB_MULTIPLE = 64
-
-
-def vocab_multiple(cfg: TrainConfig) -> int:
-    """The multiple the model's vocabulary is padded to at build: only plugin 3d shards (and pads) it."""
-    return VOCAB_MULTIPLE * cfg.tp if cfg.plugin == "3d" else 1
 
 
 def fixed_row_length(cfg: TrainConfig) -> bool:
