@@ -19,8 +19,6 @@ from .config import TrainConfig
 CPU_PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "3d")
 
 
-
-
 def fixed_row_length(cfg: TrainConfig) -> bool:
     """Every batch has the same shape: random tokens, or rows padded to --max_length."""
     return cfg.benchmark or cfg.padding_mode == "max_length"
