@@ -79,4 +79,4 @@ def test_readme_shows_every_tool():
     assert shown >= {"prepare_pretrain_dataset.py", "prepare_sft_dataset.py", "prepare_preference_dataset.py",
                      "colossal_hammer.tokenizer.analyze",
                      "colossal_hammer.tokenizer.extend", "colossal_hammer.tokenizer.merge",
-                     "colossal_hammer.model.init_embeddings"}
+                     "colossal_hammer.model.init_embeddings", "colossal_hammer.model.upcycle"}
