@@ -29,10 +29,12 @@ the table shows measured / textbook, and the same with the runtime floor taken o
 (what the model's states and the step's transients cost), which is what the issue's 1.15x aim is about.
 
 The planner's row is `python -m colossal_hammer.plan <same train.py flags> --gpu cpu --gpus_per_node 2
---json`: its device total per rank (its worst rank: the largest pipeline stage) against the largest
-rank's measured steady-state peak.
+--json`: its device total per rank (its worst rank: the largest pipeline stage), plus the optimizer states
+it places in host memory (zero2_cpu; on a CPU that is the rank's own RSS), against the largest rank's
+measured steady-state peak. (This script replaces bench/plan_vs_measured.py.)
 
-Needs several GiB per rank (350M: up to ~9 GiB per rank under ddp; 1.1B: ~10 GiB per rank under gemini or
+A rank exits (and the run is reported failed) when the machine has less than 1 GiB available, so an
+over-large run stops itself instead of pushing other processes out. Needs several GiB per rank (350M: up to ~9 GiB per rank under ddp; 1.1B: ~10 GiB per rank under gemini or
 tp2): check `free -g` first and run nothing else heavy beside it. The checkpoint and model go to a temp dir.
 """
 
@@ -61,7 +63,7 @@ PLUGINS = {  # name in this bench -> train.py flags
     "tp2": ["--plugin", "3d", "--tp", "2"],
     "pp2": ["--plugin", "3d", "--pp", "2", "--microbatch_size", "1"],
 }
-PHASES = ("runtime", "load", "steady", "save")
+FLOOR_GIB = 1.0  # a rank exits when the machine has less than this available
 
 
 # ---- one rank --------------------------------------------------------------------------------------------
@@ -86,7 +88,13 @@ class PhaseSampler:
         return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
 
     def _run(self) -> None:
+        import psutil
+
         while not self._stop.is_set():
+            if psutil.virtual_memory().available < FLOOR_GIB * GiB:  # a shared machine: give up, not the others
+                sys.stderr.write(f"bench/memory.py: less than {FLOOR_GIB} GiB left on this machine in phase "
+                                 f"{self.phase}; this rank stops\n")
+                os._exit(3)
             rss, phase = self.proc.memory_info().rss, self.phase
             if phase is not None and rss > self.peaks.get(phase, 0):
                 self.peaks[phase] = rss
@@ -113,7 +121,9 @@ class PhaseSampler:
         self._close()
         self.phase = None
         self._stop.set()
-        return {p: self.peaks[p] / GiB for p in PHASES if p in self.peaks}
+        peaks = {p: v / GiB for p, v in self.peaks.items()}
+        peaks["steady"] = max(v for p, v in peaks.items() if p.startswith("step"))
+        return peaks
 
 
 def worker(train_argv: list, report_dir: Path) -> None:
@@ -133,8 +143,7 @@ def worker(train_argv: list, report_dir: Path) -> None:
     losses = []
 
     def measured_step(data_iter):
-        if sampler.phase != "steady":
-            sampler.enter("steady")
+        sampler.enter(f"step{len(losses) + 1}")  # each step apart: the first one also creates Adam's moments
         record = step(data_iter)
         if record is not None:
             losses.append(record["loss"])
@@ -143,14 +152,17 @@ def worker(train_argv: list, report_dir: Path) -> None:
     def measured_save():
         sampler.enter("save")
         path = save()
-        sampler.enter("steady")
+        sampler.enter("after_save")
         return path
 
+    if os.environ.get("BENCH_MEMORY_SKIP_SAVE"):
+        measured_save = lambda: None  # noqa: E731  (--skip_save: load and steady state only)
     trainer.train_step, trainer.save = measured_step, measured_save
     trainer.fit()
     dist.barrier()
-    seconds = dict(sampler.seconds)
     peaks = sampler.stop()
+    seconds = dict(sampler.seconds)
+    seconds["steady"] = sum(v for p, v in seconds.items() if p.startswith("step"))
     params = sum(p.numel() for p in trainer.model.parameters())
     report = {"rank": trainer.rank, "peaks_gib": peaks, "seconds": seconds, "losses": losses,
               "local_param_elements": params}
@@ -201,6 +213,8 @@ def run_plugin(plugin: str, model_flags: list, a, root: Path) -> dict:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", __file__,
            "--worker", reports, *train_argv]
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if a.skip_save:
+        env["BENCH_MEMORY_SKIP_SAVE"] = "1"
     start = time.perf_counter()
     proc = subprocess.run([str(c) for c in cmd], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
@@ -211,9 +225,10 @@ def run_plugin(plugin: str, model_flags: list, a, root: Path) -> dict:
     per_element = textbook_bytes_per_element(plugin, dp)
     ckpt = sorted((root / "ckpt").glob("step-*"))
     ckpt_gib = sum(f.stat().st_size for f in ckpt[-1].rglob("*") if f.is_file()) / GiB if ckpt else 0.0
+    plan = predicted(train_argv)
     return {"plugin": plugin, "batch": batch, "wall_s": time.perf_counter() - start, "ranks": ranks,
             "textbook_gib": [per_element * n / GiB for n in elements], "bytes_per_element": per_element,
-            "plan": predicted(train_argv)["memory_gib"], "checkpoint_gib": ckpt_gib}
+            "plan": plan["memory_gib"], "host_plan": plan["host_memory_gib"], "checkpoint_gib": ckpt_gib}
 
 
 def print_tables(title: str, rows: list) -> None:
@@ -239,7 +254,9 @@ def print_tables(title: str, rows: list) -> None:
             continue
         r0 = row["ranks"][0]
         floors = " / ".join(f"{x['peaks_gib']['runtime']:.2f}" for x in row["ranks"])
-        secs = ", ".join(f"{k} {v:.0f}" for k, v in r0["seconds"].items() if k != "runtime")
+        secs = ", ".join(f"{k} {r0['seconds'][k]:.0f}" for k in ("load", "steady", "save") if k in r0["seconds"])
+        steps = " / ".join(f"{r0['peaks_gib'][k]:.2f}" for k in sorted(r0["peaks_gib"]) if k.startswith("step"))
+        secs += f" s; rank 0 peak per step {steps or '-'} GiB"
         print(f"  {row['plugin']} (batch {row['batch']}): runtime {floors}; {secs}; losses "
               f"{[round(x, 4) for x in r0['losses']]}; checkpoint {row['checkpoint_gib']:.2f} GiB; "
               f"wall {row['wall_s']:.0f} s")
@@ -248,11 +265,14 @@ def print_tables(title: str, rows: list) -> None:
     for row in rows:
         if "failed" in row:
             continue
-        m = row["plan"]
-        parts = ", ".join(f"{k} {v:.2f}" for k, v in m.items() if k != "total" and v)
+        m = dict(row["plan"])
+        # On a CPU the offloaded optimizer states (zero2_cpu) are in the same memory as the rank: its RSS
+        m["offloaded"] = row.get("host_plan", {}).get("offload", 0.0) / 2
+        total = m.pop("total") + m["offloaded"]
+        parts = ", ".join(f"{k} {v:.2f}" for k, v in m.items() if v)
         steady = [x["peaks_gib"]["steady"] for x in row["ranks"]]
-        print(f"| {row['plugin']} | {m['total']:.2f} ({parts}) | {steady[0]:.2f} / {steady[1]:.2f} "
-              f"| {m['total'] / max(steady):.2f} |")
+        print(f"| {row['plugin']} | {total:.2f} ({parts}) | {steady[0]:.2f} / {steady[1]:.2f} "
+              f"| {total / max(steady):.2f} |")
 
 
 def main() -> None:
@@ -270,7 +290,14 @@ def main() -> None:
     p.add_argument("--batch_size", type=int, default=1, help="Per rank (pp2 takes at least 2: one per stage)")
     p.add_argument("--max_length", type=int, default=256)
     p.add_argument("--json", type=Path, default=None, help="Also write every figure to this file")
+    p.add_argument("--skip_save", action="store_true",
+                   help="Measure load and steady state only (when the save would not fit in this machine)")
+    p.add_argument("--from_json", type=Path, default=None, help="Print the tables of a run saved with --json")
     a = p.parse_args()
+    if a.from_json:
+        for name, rows in json.loads(a.from_json.read_text()).items():
+            print_tables(name, rows)
+        return
     everything = {}
     models = [("model_config " + a.model_config, None)] if a.model_config else [(s, s) for s in a.sizes]
     for name, size in models:
