@@ -285,6 +285,8 @@ def describe_plugin(plugin) -> dict:
     """What a plugin actually is, read back from the object: tests use it to catch silent fallbacks."""
     # __qualname__: LowLevelZeroPlugin rewrites its class __name__ to "LowLevelZeroPlugin_ZeRO-<stage>".
     info = {"plugin_class": type(plugin).__qualname__}
+    if hasattr(plugin, "ddp_kwargs"):  # TorchDDPPlugin: gradients as views into DDP's buckets (one fp32 copy)
+        info["gradient_as_bucket_view"] = bool(plugin.ddp_kwargs.get("gradient_as_bucket_view"))
     if hasattr(plugin, "zero_optim_kwargs"):  # LowLevelZeroPlugin
         info.update(zero_stage=plugin.stage, cpu_offload=bool(plugin.zero_optim_kwargs.get("cpu_offload")),
                     precision=plugin.precision)
