@@ -15,6 +15,8 @@ import os
 import torch
 import torch.distributed
 
+from . import host_memory
+
 _ACTIVE = False
 
 
@@ -268,5 +270,6 @@ def activate() -> bool:
     _patch_low_level_zero_sanity_check()
     _patch_cpu_adam_kernel()
     _patch_gemini_chunks()
+    host_memory.return_freed_memory()
     _ACTIVE = True
     return True

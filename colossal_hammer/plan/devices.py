@@ -50,8 +50,8 @@ def host_memory_gib() -> float:
 
 
 def cpu_device(peak_tflops: Optional[float] = None) -> Device:
-    # Measured on this machine (bench/plan_vs_measured.py): a rank's peak RSS once torch, transformers and
-    # colossalai are imported and a 5M-parameter model is placed, 0.42-0.44 GiB.
+    # Measured on this machine (bench/memory.py's runtime floor): a rank's RSS once torch, transformers and
+    # colossalai are imported, 0.40 GiB.
     return Device("cpu", host_memory_gib(), peak_tflops, 10.0, 1e9, 0.4, host_only=True, host_runtime_gib=0.0)
 
 

@@ -2,7 +2,8 @@
 
 Parts of one device (the pipeline stage that needs most, when pp > 1):
   parameters    working weights (+ Gemini's gathered chunks, + DDP's bf16 autocast copies)
-  gradients     as the plugin keeps them between backward and step (+ DDP's buckets, ZeRO's reduce bucket)
+  gradients     as the plugin keeps them between backward and step (+ ZeRO's reduce bucket; DDP's param.grad
+                are views into its buckets)
   optimizer     fp32 master weights and the two Adam moments held on the device
   activations   Korthikanti et al. (2022): s*b*h*(34 + 5*a*s/h) bytes per layer in 16-bit, split by tp with
                 sequence parallelism (10 + 24/t without), by the all_to_all sp size; the 5*a*s/h term (the
@@ -82,9 +83,8 @@ def _states(cfg, shape: Shape, lay: Layout, elements: int) -> tuple:
         if half:
             params += 2.0 * elements
             notes.append("ddp: fp32 weights, plus the 16-bit copies autocast keeps for backward")
-        grads = 8.0 * elements
-        notes.append("ddp: gradients twice (param.grad and the DDP reducer's buckets)")
-        return params, grads, 8.0 * elements, 0.0, 0.0, 0.0, notes
+        # training.plugins builds DDP with gradient_as_bucket_view: param.grad lives in the reducer's buckets
+        return params, 4.0 * elements, 8.0 * elements, 0.0, 0.0, 0.0, notes
     if cfg.plugin in ("zero2", "zero2_cpu"):
         shard = elements / lay.dp
         grads = w * shard + w * min(ZERO_BUCKET_ELEMENTS, elements)

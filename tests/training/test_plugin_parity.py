@@ -54,6 +54,7 @@ def _check(run, reference, expected, tol):
 def test_ddp_reference_learns(ddp_reference):
     info = ddp_reference["fp32"]["info"]
     assert info["plugin_class"] == "TorchDDPPlugin" and info["world_size"] == 2
+    assert info["gradient_as_bucket_view"] is True  # no second fp32 copy of the gradients (bench/memory.py)
     # bf16 on DDP is autocast over fp32 weights; it must track fp32 closely.
     assert ddp_reference["bf16"]["info"]["autocast"] == "torch.bfloat16"
     for a, b in zip(ddp_reference["fp32"]["losses"], ddp_reference["bf16"]["losses"]):
