@@ -42,6 +42,16 @@ def run_cli(fn: Callable[[], T]) -> T:
     raise SystemExit(2)
 
 
+def run_json_cli(fn: Callable[[], T]) -> T:
+    """run_cli for a tool whose answer is one JSON line on stdout (export, upcycle, init_embeddings)."""
+    def body():
+        result = fn()
+        print(json.dumps(result))
+        return result
+
+    return run_cli(body)
+
+
 @contextlib.contextmanager
 def writing(path: str, flag: str) -> Iterator[None]:
     """Name the output in an OSError that does not (a write or close on a full disk names no file)."""

@@ -26,13 +26,12 @@ from __future__ import annotations
 
 import argparse
 import glob
-import json
 import math
 import os
 import sys
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
-from ..errors import InputError, check_output, require_tokenizer, run_cli, writing
+from ..errors import InputError, check_output, require_tokenizer, run_json_cli, writing
 from ..tokenizer.files import copy_tokenizer_files
 from .folders import hf_folder_of
 from .shards import Entry, parse_size, write_shards
@@ -261,17 +260,13 @@ def main(argv=None) -> dict:
         adapters = adapter_folder(args.checkpoint)
         if adapters:
             check_output(args.output_dir, "--output_dir", [args.checkpoint])
-            result = export_adapter(adapters, args.output_dir, args.merge_lora, args.dtype, args.base_model,
-                                    args.max_shard_size)
-            print(json.dumps(result))
-            return result
+            return export_adapter(adapters, args.output_dir, args.merge_lora, args.dtype, args.base_model,
+                                  args.max_shard_size)
         if args.merge_lora:
             raise InputError(f"--merge_lora: {args.checkpoint} holds whole weights, no LoRA adapters")
-        result = export(args.checkpoint, args.output_dir, args.dtype, args.tokenizer_dir, args.max_shard_size)
-        print(json.dumps(result))
-        return result
+        return export(args.checkpoint, args.output_dir, args.dtype, args.tokenizer_dir, args.max_shard_size)
 
-    return run_cli(body)
+    return run_json_cli(body)
 
 
 if __name__ == "__main__":

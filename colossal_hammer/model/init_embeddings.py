@@ -18,11 +18,10 @@ beside the model.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from typing import TYPE_CHECKING, Dict, List
 
-from ..errors import InputError, check_device, check_output, require_model, require_tokenizer, run_cli, writing
+from ..errors import InputError, check_device, check_output, require_model, require_tokenizer, run_json_cli, writing
 
 if TYPE_CHECKING:  # torch loads inside the functions: bad paths are reported before it (seconds)
     import torch
@@ -129,13 +128,8 @@ def main(argv=None) -> dict:
     p.add_argument("--device", default="cpu")
     args = p.parse_args(argv)
 
-    def body():
-        result = init_embeddings(args.source_model_and_tokenizer_path, args.target_tokenizer_path,
-                                 args.target_model_path, args.init, args.device)
-        print(json.dumps(result))
-        return result
-
-    return run_cli(body)
+    return run_json_cli(lambda: init_embeddings(args.source_model_and_tokenizer_path, args.target_tokenizer_path,
+                                                args.target_model_path, args.init, args.device))
 
 
 if __name__ == "__main__":

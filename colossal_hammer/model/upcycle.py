@@ -14,11 +14,10 @@ the tokenizer are kept; --model takes an HF folder or a checkpoint's step-N.
 from __future__ import annotations
 
 import argparse
-import json
 import re
 from typing import List, Optional
 
-from ..errors import InputError, check_output, run_cli, writing
+from ..errors import InputError, check_output, run_json_cli, writing
 from ..tokenizer.files import copy_tokenizer_files
 from .export import DEFAULT_MAX_SHARD_SIZE, Source, save_config, trim_vocabulary
 from .folders import hf_folder_of
@@ -54,7 +53,6 @@ def plan(source: Source, config, target, seed: int, router_std: float) -> tuple:
 
     with torch.device("meta"):
         model = MixtralForCausalLM(config)
-    rows = config.vocab_size
     entries: List[Entry] = []
     for key, tensor in model.state_dict().items():
         shape = tuple(tensor.shape)
@@ -126,13 +124,9 @@ def main(argv: Optional[list] = None) -> dict:
     p.add_argument("--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE, help="Largest weights file written")
     args = p.parse_args(argv)
 
-    def body():
-        result = upcycle(args.model, args.output_dir, args.num_experts, args.top_k, args.router_init_std,
-                         args.router_aux_loss_coef, args.seed, args.max_shard_size)
-        print(json.dumps(result))
-        return result
-
-    return run_cli(body)
+    return run_json_cli(lambda: upcycle(args.model, args.output_dir, args.num_experts, args.top_k,
+                                        args.router_init_std, args.router_aux_loss_coef, args.seed,
+                                        args.max_shard_size))
 
 
 if __name__ == "__main__":
