@@ -24,7 +24,7 @@ def enabled(cfg: TrainConfig) -> bool:
     return cfg.lora_rank > 0
 
 
-def _names(text: Optional[str]) -> list:
+def module_names(text: Optional[str]) -> list:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
@@ -49,7 +49,7 @@ def check(cfg: TrainConfig, cuda: bool) -> None:
     if cfg.lora_quantize and not cuda:
         raise SystemExit("error: --lora_quantize (QLoRA: bitsandbytes 4-bit base) needs a CUDA GPU; on this "
                          "host train the adapters on a bf16 base (drop --lora_quantize)")
-    if not _names(cfg.lora_target_modules):
+    if not module_names(cfg.lora_target_modules):
         raise SystemExit("error: --lora_target_modules: give module names, e.g. q_proj,v_proj")
 
 
@@ -57,8 +57,8 @@ def lora_config(cfg: TrainConfig):
     from peft import LoraConfig
 
     return LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
-                      lora_dropout=cfg.lora_dropout, target_modules=_names(cfg.lora_target_modules),
-                      modules_to_save=_names(cfg.lora_modules_to_save) or None)
+                      lora_dropout=cfg.lora_dropout, target_modules=module_names(cfg.lora_target_modules),
+                      modules_to_save=module_names(cfg.lora_modules_to_save) or None)
 
 
 def apply(booster, model, cfg: TrainConfig):
@@ -68,7 +68,7 @@ def apply(booster, model, cfg: TrainConfig):
     if isinstance(model, PeftModel):
         return model
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
-    missing = [n for n in _names(cfg.lora_target_modules) + _names(cfg.lora_modules_to_save) if n not in present]
+    missing = [n for n in module_names(cfg.lora_target_modules) + module_names(cfg.lora_modules_to_save) if n not in present]
     if missing:
         raise SystemExit(f"error: --lora_target_modules/--lora_modules_to_save: {', '.join(missing)} name no module "
                          f"of this model (its linear layers: {', '.join(LLAMA_LINEARS)}; embed_tokens, lm_head)")

@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Dict, List
 
+from ..adapters.lora import module_names
 from .devices import Device
 from .layout import (GEMINI_GATHERED_CHUNKS, ZERO_BUCKET_ELEMENTS, Layout, gemini_chunks, layout_of, stages,
                      vocab_multiple)
@@ -78,16 +79,23 @@ def _states(cfg, shape: Shape, lay: Layout, elements: int) -> tuple:
     w = 2.0 if cfg.mixed_precision in ("fp16", "bf16") else 4.0
     half = w == 2.0
     notes = []
+    trained = elements  # elements with gradients and optimizer states
+    if getattr(cfg, "lora_rank", 0):  # ddp / zero2 / zero2_cpu only (search.shape_problem): the whole model
+        adapters, copies = shape.lora_elements(cfg.lora_rank, module_names(cfg.lora_target_modules),
+                                               module_names(cfg.lora_modules_to_save))
+        elements, trained = elements + adapters + copies, adapters + copies
+        notes.append(f"lora: {trained / 1e6:.1f}M trained elements (adapters {adapters / 1e6:.1f}M, "
+                     f"modules_to_save copies {copies / 1e6:.1f}M); the base is frozen: no gradients or optimizer")
     if cfg.plugin == "ddp":
         params = 4.0 * elements
         if half:
             params += 2.0 * elements
             notes.append("ddp: fp32 weights, plus the 16-bit copies autocast keeps for backward")
         # training.plugins builds DDP with gradient_as_bucket_view: param.grad lives in the reducer's buckets
-        return params, 4.0 * elements, 8.0 * elements, 0.0, 0.0, 0.0, notes
+        return params, 4.0 * trained, 8.0 * trained, 0.0, 0.0, 0.0, notes
     if cfg.plugin in ("zero2", "zero2_cpu"):
-        shard = elements / lay.dp
-        grads = w * shard + w * min(ZERO_BUCKET_ELEMENTS, elements)
+        shard = trained / lay.dp
+        grads = w * shard + w * min(ZERO_BUCKET_ELEMENTS, trained)
         master = 12.0 * shard  # fp32 master + two moments, partitioned over dp
         step = 4.0 * shard
         if cfg.plugin == "zero2_cpu":

@@ -13,6 +13,7 @@ from .layout import layout_of
 from .memory import GiB
 from .shapes import Shape
 
+LORA_PLUGINS = ("ddp", "zero2", "zero2_cpu")  # adapters.lora.check refuses the others
 DEFAULT_HOST_GIB = 1024.0  # host memory of a GPU node when --host_memory_gb is not given
 
 
@@ -46,6 +47,8 @@ def cluster_of(cfg, device: Device) -> Cluster:
 
 
 def shape_problem(cfg, shape: Shape) -> Optional[str]:
+    if getattr(cfg, "lora_rank", 0) and cfg.plugin not in LORA_PLUGINS:
+        return f"--lora_rank: LoRA runs on {', '.join(LORA_PLUGINS)} (adapters.lora), not --plugin {cfg.plugin}"
     if cfg.plugin == "3d":
         if shape.heads % cfg.tp or shape.kv_heads % cfg.tp:
             return (f"--tp {cfg.tp}: must divide the {shape.heads} attention heads and {shape.kv_heads} key/value "

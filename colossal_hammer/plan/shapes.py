@@ -67,6 +67,21 @@ class Shape:
         return (self.embedding(vocab_multiple) + self.head(vocab_multiple) + self.hidden
                 + self.layers * (self.layer_matrices() + self.layer_norms()))
 
+    def linear_shapes(self) -> dict:
+        """(in, out) features of each linear layer of a decoder layer, by its module name."""
+        h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate
+        return {"q_proj": (h, q), "k_proj": (h, kv), "v_proj": (h, kv), "o_proj": (q, h),
+                "gate_proj": (h, i), "up_proj": (h, i), "down_proj": (i, h)}
+
+    def lora_elements(self, rank: int, targets, modules_to_save=()) -> tuple:
+        """(adapter elements, elements of the trained copies peft makes of modules_to_save): r x (in + out)
+        per targeted linear per layer; a saved module is copied whole (its original stays, frozen)."""
+        linears = self.linear_shapes()
+        adapters = self.layers * sum(rank * sum(linears[t]) for t in targets if t in linears)
+        whole = {"embed_tokens": self.embedding(), "lm_head": self.head() or self.embedding()}
+        whole.update({name: self.layers * a * b for name, (a, b) in linears.items()})
+        return adapters, sum(whole.get(name, 0) for name in modules_to_save)
+
     def tensor_sizes(self, vocab_multiple: int = 1) -> list:
         """Every parameter's element count in model.parameters() order (Gemini packs chunks in it)."""
         h, q, kv, i = self.hidden, self.heads * self.head_dim, self.kv_heads * self.head_dim, self.intermediate

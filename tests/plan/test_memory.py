@@ -79,6 +79,27 @@ def test_ddp_bf16_adds_the_autocast_copies():
     assert parts["parameters"] == nbytes(params) + nbytes([p.to(torch.bfloat16) for p in params])
 
 
+def test_lora_trains_only_what_peft_makes_trainable():
+    """--lora_rank: the model is the base plus peft's adapters and modules_to_save copies; gradients and
+    Adam states exist for the trainable part alone (counted on the peft model, one real AdamW step)."""
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(real_model(), LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"],
+                                                    modules_to_save=["lm_head"]))
+    everything = list(model.parameters())
+    trainable = [p for p in everything if p.requires_grad]
+    flags = ("--plugin", "ddp", "--mixed_precision", "fp32", "--lora_rank", "8", "--lora_target_modules",
+             "q_proj,v_proj,down_proj", "--lora_modules_to_save", "lm_head")
+    _, parts = plan_memory(*flags)
+    assert parts["parameters"] == nbytes(everything)
+    assert parts["gradients"] == nbytes(trainable)
+    assert parts["optimizer"] == one_adamw_step(trainable)
+    # and the plugins LoRA does not run on are refused, in the planner as in train.py
+    with pytest.raises(SystemExit, match="LoRA runs on ddp, zero2, zero2_cpu"):
+        from colossal_hammer.plan.cli import plan_dict
+        plan_dict(["--model_config", "small", "--gpu", "a100-80g", "--plugin", "gemini", "--lora_rank", "8"])
+
+
 @pytest.mark.parametrize("plugin", ["zero2", "zero2_cpu"])
 def test_zero2_partitions_master_and_moments_over_dp(plugin):
     dp = 4
