@@ -25,6 +25,7 @@ from typing import Dict, List, Optional, Tuple
 from ..data import reader
 from . import scoring
 from .token_bytes import byte_lengths
+from ..model.build import mask_padded_logits
 from ..model.folders import hf_folder_of
 from ..errors import (InputError, check_device, check_output_file, check_positive, require_file, require_model,
                       run_cli, write_json)
@@ -81,6 +82,7 @@ def evaluate(model_dir: str, data_files: List[str], max_length: int = 2048, devi
                                                      attn_implementation="sdpa").to(device).eval()
     except (OSError, ValueError) as e:
         raise InputError(f"--model {model_dir}: does not load: {str(e).strip().splitlines()[0][:200]}") from None
+    mask_padded_logits(model)  # a 3d run's checkpoint keeps its padded vocabulary: rows no softmax may see
     tally = scoring.Tally()
     bar = tqdm(total=sum(len(d) for d in files.values()), desc="evaluate", unit="doc", disable=None)
     for path, docs in files.items():
