@@ -46,7 +46,8 @@ def setup(tokenizer_dir, tmp_path_factory):
 
 
 def flags(setup):
-    return ["--pretrained", setup["model"], "--dataset", setup["data"], "--max_length", "192", "--batch_size", "2", "--lr", "2e-3", "--seed", "5", "--use_neft", "--save_interval", "2"]
+    return ["--pretrained", setup["model"], "--dataset", setup["data"], "--max_length", "192", "--batch_size", "2",
+            "--lr", "2e-3", "--seed", "5", "--use_neft", "--save_interval", "2"]
 
 
 def eval_flags(setup):
