@@ -93,20 +93,40 @@ BENCH = ["--model_config", "tiny", "--benchmark", "--num_samples", "4", "--plugi
 
 
 @pytest.mark.parametrize("item, extra, message", [
-    ("heldout", [], "error: --eval_dataset heldout: give NAME=DIR"),
-    ("x={missing}", [], "error: --eval_dataset x=%s: no such folder" % "{missing}"),
-    ("x={model}", [], "not a prepared dataset (no manifest.json)"),
-    ("x={pre}", [], "error: --eval_tokenizer_dir: the model comes without a tokenizer"),
-    ("x={pre}", ["--eval_tokenizer_dir", "{tok}", "--max_length", "64"], "prepared with --max_length 192"),
-    ("x={pre}", ["--eval_tokenizer_dir", "{tok}"], "outside the model's vocabulary of 512"),
+    ("heldout", [], "error: --eval_dataset heldout: give NAME=DIR"),  # refused by the flags' check
+    ("x={pre}", ["--eval_tokenizer_dir", "{tok}"], "outside the model's vocabulary of 512"),  # by rank 0's preflight
 ])
 def test_bad_eval_dataset_is_one_line(item, extra, message, setup, tokenizer_dir, tmp_path):
-    where = dict(missing=tmp_path / "nothing", model=setup["model"], pre=setup["base"] / "heldout_pre", tok=tokenizer_dir)
+    where = dict(pre=setup["base"] / "heldout_pre", tok=tokenizer_dir)
     args = BENCH + ["--eval_dataset", item.format(**where), *(e.format(**where) for e in extra)]
     proc = launch(args + ["--save_dir", tmp_path / "c"], tmp_path / "logs", nproc=1)
     errors = [line for line in proc.stdout.splitlines() if line.startswith("error:")]
-    assert proc.returncode == 2 and len(errors) == 1 and message.format(**where) in errors[0], proc.stdout[-2000:]
+    assert proc.returncode == 2 and len(errors) == 1 and message in errors[0], proc.stdout[-2000:]
     assert "Traceback" not in proc.stdout
+
+
+@pytest.mark.parametrize("item, extra, message", [
+    ("x={missing}", [], "error: --eval_dataset x={missing}: no such folder"),
+    ("x={model}", [], "error: --eval_dataset x={model}: not a prepared dataset (no manifest.json)"),
+    ("x={pre}", [], "error: --eval_tokenizer_dir: the model comes without a tokenizer"),
+    ("x={pre}", ["--eval_tokenizer_dir", "{tok}", "--max_length", "64"], "prepared with --max_length 192"),
+    ("x={pre}", ["--eval_tokenizer_dir", "{model}"], None),  # the model folder holds the same tokenizer
+    ("x={pre} x={pre}", [], "error: --eval_dataset x={pre}: the name 'x' is given twice"),
+    ("a/b={pre}", [], "the name 'a/b' contains '/'"),
+])
+def test_preflight_checks_each_eval_set(item, extra, message, setup, tokenizer_dir, tmp_path):
+    from colossal_hammer.training import preflight
+    from colossal_hammer.training.config import parse_config
+
+    where = dict(missing=tmp_path / "nothing", model=setup["model"], pre=setup["base"] / "heldout_pre", tok=tokenizer_dir)
+    argv = [*map(str, BENCH), "--eval_dataset", *item.format(**where).split(), *(e.format(**where) for e in extra)]
+    try:
+        cfg = parse_config(argv)
+        preflight.check_eval_sets(cfg, 3000, cfg.eval_tokenizer_dir)
+    except SystemExit as e:
+        assert message is not None and message.format(**where) in str(e.code) and "\n" not in str(e.code), e.code
+    else:
+        assert message is None
 
 
 def test_metrics_record_schema(setup):
@@ -119,3 +139,12 @@ def test_metrics_record_schema(setup):
     assert math.isclose(record["eval/zh/loss"], 12.0 / 10) and math.isclose(record["eval/zh/bpb"], 12.0 / math.log(2) / 10)
     assert math.isclose(record["eval/zh/law/bpb"], 2.0 / math.log(2) / 2)
     json.dumps(record)
+
+
+def test_eval_flags_need_an_eval_dataset():
+    from colossal_hammer.training.config import parse_config
+
+    for extra in (["--eval_interval", "5"], ["--eval_max_tokens", "-1", "--eval_dataset", "a=b"]):
+        with pytest.raises(SystemExit) as e:
+            parse_config([*BENCH, *extra])
+        assert str(e.value.code).startswith("error: --eval_")
