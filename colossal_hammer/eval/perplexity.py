@@ -26,7 +26,6 @@ from ..data import reader
 from . import scoring
 from .token_bytes import byte_lengths
 from ..model.build import mask_padded_logits
-from ..model.folders import hf_folder_of
 from ..errors import (InputError, check_device, check_output_file, check_positive, require_file, require_model,
                       run_cli, write_json)
 
@@ -58,8 +57,8 @@ def document_nll(model, ids: List[int], bos: Optional[int], max_length: int, dev
 
 def evaluate(model_dir: str, data_files: List[str], max_length: int = 2048, device: str = "cpu",
              max_tokens: int = 0) -> Dict[str, dict]:
-    if os.path.isdir(model_dir):
-        model_dir = hf_folder_of(model_dir, "--model")  # a checkpoint's step-N folder means its modeling/
+    if os.path.isdir(os.path.join(model_dir, "modeling")):
+        model_dir = os.path.join(model_dir, "modeling")  # a checkpoint's step-N folder: its HF folder
     require_model(model_dir, "--model")
     if not data_files:
         raise InputError("--data: give one or more .jsonl / .txt files or prepared dataset folders, comma-separated")

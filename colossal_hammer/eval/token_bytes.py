@@ -7,7 +7,8 @@ up: a character split over byte-fallback pieces counts one byte per piece, as in
 - byte-level BPE (GPT-2, Llama-3): each symbol of the piece is one byte of the text.
 - special tokens (BOS, EOS, pad, unk): 0 bytes. Their loss still counts where they are labels (EOS).
 The word-start '▁' of a SentencePiece text's first word counts as a space the raw text does not have,
-so a prepared set's bits per byte runs a little below that of its raw .jsonl (eval.perplexity on files).
+and a prepared set's EOS labels count too, so its bits per byte differs a little from that of its raw
+.jsonl (eval.perplexity on text files predicts no EOS).
 """
 
 from __future__ import annotations
