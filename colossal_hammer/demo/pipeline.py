@@ -281,7 +281,8 @@ class Demo:
                          label=f"held-out {lang}")
         for name, start in self.stage_starts.items():
             axes[1].axvline(start, color="grey", linewidth=0.5)
-            axes[1].text(start, 1.0, f" {name}", transform=axes[1].get_xaxis_transform(), fontsize=8, va="top")
+            axes[1].text(start, 0.98, f" {name}", transform=axes[1].get_xaxis_transform(), fontsize=8, va="top",
+                         rotation=90)
         axes[1].set(title="held-out bits per byte while training", xlabel="step (all stages)", ylabel="bits per byte")
         axes[1].legend()
         names = list(results)
