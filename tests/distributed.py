@@ -29,10 +29,13 @@ def launch(args, log_dir: Path, nproc: int = 2, timeout: int = 600, env: dict = 
 
 
 def train(args, log_dir: Path, nproc: int = 2, env: dict = None) -> dict:
-    """Run to completion (or fail the test with the output) and return losses and the plugin description."""
+    """Run to completion (or fail the test with the output) and return losses, the step records, the eval
+    records (--eval_dataset) and the plugin description."""
     proc = launch(args, log_dir, nproc=nproc, env=env)
     assert proc.returncode == 0, f"train.py failed ({proc.returncode}):\n{proc.stdout[-6000:]}"
-    records = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (log_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [r for r in lines if r.get("kind") != "eval"]
     info = json.loads((log_dir / "run_info.json").read_text())
-    return {"losses": [r["loss"] for r in records], "records": records, "info": info, "output": proc.stdout}
+    return {"losses": [r["loss"] for r in records], "records": records, "info": info, "output": proc.stdout,
+            "evals": [r for r in lines if r.get("kind") == "eval"]}
 

@@ -11,9 +11,10 @@ how long it has run and about how long is left, and train.py's progress bar):
  2. analyze → merge a Chinese donor tokenizer (HammerLLM) → analyze again;
  3. init_embeddings for the new vocabulary;
  4. prepare_pretrain_dataset.py (Chinese news by category + English replay), prepare_sft_dataset.py;
- 5. stage 1 (embeddings and lm_head only) → stage 2 (full) → SFT with NEFTune;
+ 5. stage 1 (embeddings and lm_head only) → stage 2 (full) → SFT with NEFTune, every training run
+    scoring held-out Chinese and English as it goes (train.py --eval_dataset);
  6. export each stage, bits per byte on held-out Chinese and English, inference_example.py;
- 7. report.md + loss curves and bits-per-byte plots.
+ 7. report.md + loss curves, held-out curves through all stages and bits-per-byte plots.
 """
 
 from __future__ import annotations
@@ -47,13 +48,14 @@ class Scale:
     news_per_category: int
     english_docs: int
     donor_vocab: int
+    eval_max_tokens: int  # per held-out language, at every in-training evaluation
 
 
 SCALES = {
     "test": Scale(hidden=64, layers=2, seq=128, base_steps=60, stage1_steps=20, stage2_steps=80, sft_steps=20,
-                  news_per_category=200, english_docs=800, donor_vocab=9000),
+                  news_per_category=200, english_docs=800, donor_vocab=9000, eval_max_tokens=1024),
     "full": Scale(hidden=192, layers=4, seq=256, base_steps=400, stage1_steps=100, stage2_steps=600, sft_steps=100,
-                  news_per_category=900, english_docs=1700, donor_vocab=16000),
+                  news_per_category=900, english_docs=1700, donor_vocab=16000, eval_max_tokens=4096),
 }
 
 # The stages in order, what each does, and its seconds in one run: the estimate of what is left scales
@@ -122,14 +124,24 @@ class Demo:
         n = self.s.news_per_category
         write = lambda path, rows: path.write_text(  # noqa: E731
             "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        write(d / "zh" / "news.jsonl", [{"target": t, "category": c} for c in sorted(news) for t in news[c][:n]])
+        # Per category: training sentences, then 40 for questions, and the last 40 held out (never trained on,
+        # also where a category has fewer than n + 80 sentences).
+        cut = {c: min(n, len(news[c]) - 80) for c in news}
+        held_zh = [t for c in sorted(news) for t in news[c][-40:]]
+        held_en = english[-150:]
+        assert len(english) - 150 >= self.s.english_docs, "held-out English must not be trained on"
+        write(d / "zh" / "news.jsonl", [{"target": t, "category": c} for c in sorted(news) for t in news[c][:cut[c]]])
         write(d / "en" / "english.jsonl", [{"target": p, "category": "english"} for p in english[: self.s.english_docs]])
-        write(d / "heldout_zh.jsonl", [{"text": t, "category": "zh"} for c in sorted(news) for t in news[c][-40:]])
-        write(d / "heldout_en.jsonl", [{"text": p, "category": "en"} for p in english[-150:]])
+        write(d / "heldout_zh.jsonl", [{"text": t, "category": "zh"} for t in held_zh])
+        write(d / "heldout_en.jsonl", [{"text": p, "category": "en"} for p in held_en])
+        # the same held-out text as one pretraining set, a category per language, for train.py --eval_dataset
+        (d / "heldout").mkdir(parents=True, exist_ok=True)
+        write(d / "heldout" / "heldout.jsonl", [{"target": t, "category": "zh"} for t in held_zh]
+              + [{"target": p, "category": "en"} for p in held_en])
         rng = random.Random(0)
         questions = []
         for c in sorted(news):
-            for t in news[c][n : n + 40]:
+            for t in news[c][cut[c] : cut[c] + 40]:
                 first = t.split("。")[0][:60]
                 questions.append({"messages": [{"from": "human", "content": f"这句话属于哪个新闻类别？{first}"},
                                                {"from": "assistant", "content": f"这是一条{c}新闻。"}],
@@ -149,20 +161,25 @@ class Demo:
                   "num_hidden_layers": self.s.layers, "num_attention_heads": 4, "num_key_value_heads": 2,
                   "vocab_size": vocab, "max_position_embeddings": 2048, "tie_word_embeddings": False}
         (self.out / "base_config.json").write_text(json.dumps(config))
-        self.run(sys.executable, "prepare_pretrain_dataset.py", "--data_input_dirs", self.out / "corpus" / "en",
-                 "--tokenizer_dir", tok_dir, "--data_output_dirs", self.out / "data" / "base_en", "--max_length",
-                 self.s.seq, "--num_spliced_dataset_bins", 2, "--num_workers", 2, "--overwrite")
+        for source, output in (("en", "base_en"), ("heldout", "heldout_base")):
+            self.run(sys.executable, "prepare_pretrain_dataset.py", "--data_input_dirs", self.out / "corpus" / source,
+                     "--tokenizer_dir", tok_dir, "--data_output_dirs", self.out / "data" / output, "--max_length",
+                     self.s.seq, "--num_spliced_dataset_bins", 2, "--num_workers", 2, "--overwrite")
+        # a random-init model has no tokenizer of its own: bits per byte counts this one's tokens
         self.train("base", ["--model_config", self.out / "base_config.json"], self.out / "data" / "base_en",
-                   self.s.base_steps, lr=2e-3)
+                   self.s.base_steps, 2e-3, "--eval_tokenizer_dir", tok_dir, heldout=self.out / "data" / "heldout_base")
         self.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", self.last_step("base"),
                  "--output_dir", self.out / "models" / "base", "--tokenizer_dir", tok_dir)
 
-    def train(self, name: str, source: list, datasets, steps: int, lr: float, *extra) -> None:
+    def train(self, name: str, source: list, datasets, steps: int, lr: float, *extra, heldout: Path = None) -> None:
+        """One training run, scoring the held-out text (prepared with this run's tokenizer) 5 times as it goes."""
         datasets = datasets if isinstance(datasets, (list, tuple)) else [datasets]
         self.torchrun(*source, "--dataset", *datasets, "--plugin", "zero2", "--max_length", self.s.seq,
                       "--batch_size", 4, "--num_epochs", 100, "--max_steps", steps, "--lr", lr, "--warmup_steps",
                       max(1, steps // 20), "--save_interval", 0, "--save_dir", self.out / "ckpt" / name,
-                      "--tensorboard_dir", self.out / "logs" / name, *extra)
+                      "--tensorboard_dir", self.out / "logs" / name,
+                      "--eval_dataset", f"heldout={heldout or self.out / 'data' / 'heldout'}", "--eval_interval",
+                      max(1, steps // 5), "--eval_max_tokens", self.s.eval_max_tokens, *extra)
 
     def last_step(self, name: str) -> Path:
         steps = sorted((self.out / "ckpt" / name).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -191,6 +208,8 @@ class Demo:
                  "--data_output_dirs", data / "mix", *common)
         self.run(sys.executable, "prepare_sft_dataset.py", "--data_input_dirs", c / "sft", "--data_output_dirs",
                  data / "sft", "--llama_version", 2, *common)
+        self.run(sys.executable, "prepare_pretrain_dataset.py", "--data_input_dirs", c / "heldout",
+                 "--data_output_dirs", data / "heldout", *common)
 
     def stage1(self) -> None:
         self.train("stage1", ["--pretrained", self.out / "models" / "extended"], self.out / "data" / "mix",
@@ -227,28 +246,58 @@ class Demo:
         (self.out / "bits_per_byte.json").write_text(json.dumps(results, indent=2))
         return results
 
+    def records(self, name: str) -> list:
+        return [json.loads(line) for line in (self.out / "logs" / name / "metrics.jsonl").read_text().splitlines()]
+
+    def heldout_curves(self) -> dict:
+        """lang -> [(step counted over all stages, held-out bits per byte)] from the runs' eval records."""
+        curves, self.stage_starts, offset = {"zh": [], "en": []}, {}, 0
+        for name in ("base", "stage1", "stage2", "sft"):
+            self.stage_starts[name] = offset
+            records = self.records(name)
+            for r in records:
+                if r.get("kind") == "eval":
+                    for lang in curves:
+                        curves[lang].append((offset + r["step"], r[f"eval/heldout/{lang}/bpb"]))
+            offset += max(r["step"] for r in records)
+        return curves
+
     def report(self, results: dict) -> None:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        fig, axes = plt.subplots(1, 3, figsize=(16, 4))
+        curves = self.heldout_curves()
         for name in ("base", "stage1", "stage2", "sft"):
-            records = [json.loads(line) for line in (self.out / "logs" / name / "metrics.jsonl").read_text().splitlines()]
+            records = [r for r in self.records(name) if r.get("kind") != "eval"]
             axes[0].plot([r["step"] for r in records], [r["loss"] for r in records], label=name)
         axes[0].set(title="training loss per stage", xlabel="step", ylabel="loss")
         axes[0].legend()
+        # forgetting at a glance: both languages through every stage, one step axis end to end
+        for lang, style in (("zh", "-o"), ("en", "-s")):
+            axes[1].plot([x for x, _ in curves[lang]], [y for _, y in curves[lang]], style, markersize=3,
+                         label=f"held-out {lang}")
+        for name, start in self.stage_starts.items():
+            axes[1].axvline(start, color="grey", linewidth=0.5)
+            axes[1].text(start, 0.98, f" {name}", transform=axes[1].get_xaxis_transform(), fontsize=8, va="top",
+                         rotation=90)
+        axes[1].set(title="held-out bits per byte while training", xlabel="step (all stages)", ylabel="bits per byte")
+        axes[1].legend()
         names = list(results)
         for i, lang in enumerate(("zh", "en")):
-            axes[1].bar([x + 0.4 * i for x in range(len(names))], [results[n][lang] for n in names], width=0.4,
+            axes[2].bar([x + 0.4 * i for x in range(len(names))], [results[n][lang] for n in names], width=0.4,
                         label=f"held-out {lang}")
-        axes[1].set_xticks([x + 0.2 for x in range(len(names))], names)
-        axes[1].set(title="bits per byte (lower is better)")
-        axes[1].legend()
+        axes[2].set_xticks([x + 0.2 for x in range(len(names))], names)
+        axes[2].set(title="bits per byte of each export (lower is better)")
+        axes[2].legend()
         fig.tight_layout()
         fig.savefig(self.out / "report.png", dpi=100)
         rows = "\n".join(f"| {n} | {results[n]['zh']:.4f} | {results[n]['en']:.4f} |" for n in names)
+        ends = {n: [r for r in self.records(n) if r.get("kind") == "eval"][-1] for n in names}
+        in_training = "\n".join(f"| {n} | {ends[n]['step']} | {ends[n]['eval/heldout/zh/bpb']:.4f} | "
+                                 f"{ends[n]['eval/heldout/en/bpb']:.4f} |" for n in names)
         steps = "\n".join(f"- `{cmd}` ({seconds:.0f} s)" for cmd, seconds in self.log)
         (self.out / "report.md").write_text(f"""# colossal_hammer quick start report
 
@@ -259,6 +308,16 @@ class Demo:
 | model | Chinese | English |
 |---|---|---|
 {rows}
+
+## Held-out bits per byte at the end of each training run
+
+Scored by train.py itself (`--eval_dataset heldout=...`, the same text prepared with each run's tokenizer, its
+first rows up to about {self.s.eval_max_tokens} tokens per language; predicted tokens include each document's end token, so the
+figures run a little apart from the exports' above). The middle plot shows them through every run.
+
+| run | step | Chinese | English |
+|---|---|---|---|
+{in_training}
 
 ## Tokenizer before and after
 

@@ -58,6 +58,11 @@ def tokenizer_folder(weights_dir: Optional[str]) -> Optional[str]:
     return None
 
 
+def eval_tokenizer(cfg: TrainConfig) -> Optional[str]:
+    """The tokenizer whose tokens' bytes give the eval sets' bits per byte: the flag's, else the model's own."""
+    return cfg.eval_tokenizer_dir or tokenizer_folder(weights_source(cfg)[0])
+
+
 def attention_implementation(cfg: TrainConfig) -> str:
     """flash_attention_2 when asked for and possible (a GPU and the flash-attn package), else SDPA."""
     if cfg.use_flash_attn and torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None:

@@ -52,6 +52,16 @@ class TrainConfig:
     beta: float = _f(0.1, "DPO beta (--task dpo): how far the policy may move from the reference; for orpo the "
                           "weight of the odds-ratio term.")
     simpo_gamma: float = _f(0.5, "SimPO target reward margin gamma (--dpo_loss simpo).")
+    # ---- held-out evaluation (eval/in_training.py) ----
+    eval_dataset: Optional[List[str]] = _f(
+        None, "Held-out prepared datasets as NAME=DIR (several allowed): loss and bits per byte of each, and of each "
+              "of its categories, logged as eval/NAME/... every --eval_interval steps and at the end.")
+    eval_interval: int = _f(0, "Evaluate the --eval_dataset sets every N optimizer steps (0: only at the end).")
+    eval_max_tokens: int = _f(0, "Score whole rows of each category of each eval set until it has this many tokens "
+                                 "(0: every row): a small figure keeps evaluation cheap.")
+    eval_tokenizer_dir: Optional[str] = _f(
+        None, "Tokenizer the eval sets were prepared with, whose tokens' bytes give bits per byte (default: the "
+              "model folder's own; needed with --model_config).")
     # ---- parallelism ----
     plugin: str = _f("gemini", "Booster plugin.", choices=PLUGINS)
     tp: int = _f(1, "Tensor-parallel size (plugin 3d).")
@@ -132,6 +142,21 @@ class TrainConfig:
                 raise SystemExit(f"error: --category_weights: {item!r} is not NAME=NUMBER") from None
         return weights
 
+    def eval_sets(self) -> List[tuple]:
+        """(NAME, DIR) pairs of --eval_dataset; a malformed item is refused in one line."""
+        sets, seen = [], set()
+        for item in self.eval_dataset or []:
+            name, sep, folder = item.partition("=")
+            if not sep or not name or not folder:
+                raise SystemExit(f"error: --eval_dataset {item}: give NAME=DIR, e.g. heldout_zh=data/heldout_zh")
+            if "/" in name or name in seen:
+                what = "contains '/'" if "/" in name else "is given twice"
+                raise SystemExit(f"error: --eval_dataset {item}: the name {name!r} {what}; names label the metrics "
+                                 "eval/NAME/..., give each set its own name without '/'")
+            seen.add(name)
+            sets.append((name, folder))
+        return sets
+
     def validate(self) -> None:
         if sum(x is not None for x in (self.pretrained, self.model_config, self.load_weights_only)) != 1:
             raise SystemExit("error: give exactly one of --pretrained DIR, --model_config tiny|small|<json> "
@@ -168,6 +193,12 @@ class TrainConfig:
             raise SystemExit("error: --neft_alpha must be > 0 with --use_neft")
         if self.task == "dpo":
             self._validate_dpo()
+        for name in ("eval_interval", "eval_max_tokens"):
+            if getattr(self, name) < 0:
+                raise SystemExit(f"error: --{name} must be >= 0 (got {getattr(self, name)})")
+        if not self.eval_dataset and (self.eval_interval or self.eval_max_tokens or self.eval_tokenizer_dir):
+            raise SystemExit("error: --eval_interval/--eval_max_tokens/--eval_tokenizer_dir need --eval_dataset NAME=DIR")
+        self.eval_sets()
         if self.tensorboard_dir is None:
             self.tensorboard_dir = os.path.join(self.save_dir, "logs")
 

@@ -32,11 +32,12 @@ from ..model.neftune import NEFTune
 from ..data.loader import join_batches
 from ..data.packing import IGNORE_INDEX
 from ..errors import InputError
+from ..eval import in_training
 from . import faults, preflight, step_guard
 from .checkpoint import Checkpointer
 from ..model.doc_attention import attention_pairs
-from .components import (attention_implementation, document_attention, make_data, make_model, make_optimizer,
-                         model_vocab_size, tokenizer_folder, weights_source)
+from .components import (attention_implementation, document_attention, eval_tokenizer, make_data, make_model,
+                         make_optimizer, model_vocab_size, tokenizer_folder, weights_source)
 from .config import TrainConfig
 from .dpo import DPOTask
 from .metrics import MetricsLogger, peak_tflops, training_flops
@@ -66,7 +67,7 @@ class Trainer:
         self.booster = Booster(plugin=self.plugin, mixed_precision=precision.booster_precision)
         lora.check(cfg, self.device.type == "cuda")
         self.clip_here = precision.clip_in_loop
-        start = preflight.agreed(lambda: preflight.before_start(cfg, model_vocab_size(cfg)))
+        start = preflight.agreed(lambda: preflight.before_start(cfg, model_vocab_size(cfg), eval_tokenizer(cfg)))
 
         lazy = LazyInitContext(default_device=self.device) if precision.lazy_init else None
         model = make_model(cfg, DTYPES[precision.model_dtype], lazy)
@@ -97,6 +98,7 @@ class Trainer:
         tp_group = getattr(self.plugin, "tp_group", None)
         mask_padded_logits(unwrapped, dist.get_rank(tp_group) if tp_group is not None else 0)
         self.neftune = NEFTune(unwrapped.get_input_embeddings(), cfg.neft_alpha) if cfg.use_neft else None
+        self.evaluator = in_training.build(cfg, self.layout, model.config.vocab_size, eval_tokenizer(cfg))
 
         self.step = 0
         self.epoch = 0
@@ -289,13 +291,21 @@ class Trainer:
                     continue
                 bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
                 bar.update()
+                self._evaluate(final=False)
                 if cfg.save_interval > 0 and self.step % cfg.save_interval == 0:
                     self.save()
         bar.close()
+        self._evaluate(final=True)
         if self.last_saved_step != self.step:
             self.save()  # the final state, unless the last interval just saved it
         self.metrics.close()
         return history
+
+    def _evaluate(self, final: bool) -> None:
+        """Held-out figures every --eval_interval steps and at the end (eval/in_training.py)."""
+        if self.evaluator and self.evaluator.due(self.step, final):
+            record = self.evaluator.run(self.step, self.model, self.booster, self.plugin, self.device)
+            self.metrics.log(record)
 
     def _on_bad_step(self, record: dict) -> None:
         if self.rank == 0:

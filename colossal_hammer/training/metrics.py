@@ -69,11 +69,22 @@ class MetricsLogger:
     def log(self, record: dict) -> None:
         if not self.enabled:
             return
-        for key in self.SCALARS:
-            if key in record and math.isfinite(record[key]):
-                self.writer.add_scalar(f"train/{key}", record[key], record["step"])
+        if record.get("kind") == "eval":  # eval/NAME[/CATEGORY]/{loss,bpb,tokens,bytes}: curves of the first two
+            scalars = {k: v for k, v in record.items() if k.endswith(("/loss", "/bpb"))}
+            self._print_eval(record)
+        else:
+            scalars = {f"train/{k}": record[k] for k in self.SCALARS if k in record}
+        for key, value in scalars.items():
+            if math.isfinite(value):
+                self.writer.add_scalar(key, value, record["step"])
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+
+    @staticmethod
+    def _print_eval(record: dict) -> None:
+        sets = sorted(k[len("eval/"):-len("/bpb")] for k in record if k.endswith("/bpb") and k.count("/") == 2)
+        shown = ", ".join(f"{n} loss {record[f'eval/{n}/loss']:.4f} bpb {record[f'eval/{n}/bpb']:.4f}" for n in sets)
+        print(f"eval at step {record['step']}: {shown}", flush=True)
 
     def close(self) -> None:
         if self.enabled:

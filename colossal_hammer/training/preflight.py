@@ -169,6 +169,21 @@ def _max_token_id(root: str, manifest: dict) -> int:
     return largest
 
 
+def _check_rows(label: str, root: str, manifest: dict, cfg: TrainConfig, vocab_size: int) -> int:
+    """Rows fit --max_length and token ids fit the model's vocabulary; returns the largest id."""
+    prepared = manifest.get("settings", {}).get("max_length")
+    if prepared is not None and prepared > cfg.max_length:
+        fail(f"{label}: rows are up to {prepared} tokens long (prepared with --max_length {prepared}) "
+             f"but --max_length is {cfg.max_length}: train with --max_length {prepared}, or prepare the data "
+             f"again with --max_length {cfg.max_length}")
+    largest = _max_token_id(root, manifest)
+    if largest >= vocab_size:
+        fail(f"{label}: token id {largest} is outside the model's vocabulary of {vocab_size}: train "
+             "the model the dataset's tokenizer was extended for (init_embeddings), or prepare the data with "
+             "this model's tokenizer")
+    return largest
+
+
 def check_datasets(cfg: TrainConfig, manifests: list, vocab_size: int) -> None:
     """Rows fit --max_length, category weights name real categories, token ids fit the model's vocabulary."""
     categories = set()
@@ -178,21 +193,49 @@ def check_datasets(cfg: TrainConfig, manifests: list, vocab_size: int) -> None:
             fail(f"--dataset {root}: a {manifest.get('kind')} dataset " + (
                 "holds preference pairs: train it with --task dpo" if preference else
                 "holds no preference pairs: --task dpo needs a prepare_preference_dataset.py dataset"))
-        prepared = manifest.get("settings", {}).get("max_length")
-        if prepared is not None and prepared > cfg.max_length:
-            fail(f"--dataset {root}: rows are up to {prepared} tokens long (prepared with --max_length {prepared}) "
-                 f"but --max_length is {cfg.max_length}: train with --max_length {prepared}, or prepare the data "
-                 f"again with --max_length {cfg.max_length}")
+        _check_rows(f"--dataset {root}", root, manifest, cfg, vocab_size)
         categories.update(manifest.get("categories", {}))
-        largest = _max_token_id(root, manifest)
-        if largest >= vocab_size:
-            fail(f"--dataset {root}: token id {largest} is outside the model's vocabulary of {vocab_size}: train "
-                 "the model the dataset's tokenizer was extended for (init_embeddings), or prepare the data with "
-                 "this model's tokenizer")
     unknown = sorted(set(cfg.weights_by_category()) - categories)
     if cfg.dataset and unknown:
         fail(f"--category_weights: no category {', '.join(map(repr, unknown))} in the datasets; they have: "
              f"{', '.join(sorted(categories))}")
+
+
+def check_eval_sets(cfg: TrainConfig, vocab_size: int, tokenizer_dir: Optional[str]) -> None:
+    """Each --eval_dataset NAME=DIR is a prepared dataset this model can score, and a tokenizer counts its bytes."""
+    manifests = []
+    for name, root in cfg.eval_sets():
+        label = f"--eval_dataset {name}={root}"
+        if not os.path.isdir(root):
+            fail(f"{label}: no such folder; give a prepare_*_dataset.py output folder")
+        path = os.path.join(root, "manifest.json")
+        try:
+            with open(path, encoding="utf-8") as f:
+                manifest = json.load(f)
+        except FileNotFoundError:
+            fail(f"{label}: not a prepared dataset (no manifest.json); make it with prepare_*_dataset.py")
+        except (OSError, ValueError) as e:
+            fail(f"{path}: unreadable ({e})")
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("categories"), dict):
+            fail(f"{path}: not a prepare_*_dataset.py manifest; prepare the eval set again")
+        manifests.append((label, root, manifest))
+    if not manifests:
+        return
+    if tokenizer_dir is None:
+        fail("--eval_tokenizer_dir: the model comes without a tokenizer, and bits per byte counts the bytes of the "
+             "eval sets' tokens; give the tokenizer they were prepared with")
+    from ..data.tokenize import load_tokenizer
+    from ..errors import InputError
+
+    try:
+        tokens = len(load_tokenizer(tokenizer_dir))
+    except InputError as e:
+        fail(f"--eval_tokenizer_dir: {e}")
+    for label, root, manifest in manifests:
+        largest = _check_rows(label, root, manifest, cfg, vocab_size)
+        if largest >= tokens:
+            fail(f"{label}: token id {largest} is outside the tokenizer {tokenizer_dir} ({tokens} tokens): give "
+                 "the tokenizer the set was prepared with (--eval_tokenizer_dir)")
 
 
 def check_free_space(save_dir: str, num_params: int) -> None:
@@ -212,11 +255,12 @@ def dataset_chat_template(manifests: list) -> Optional[str]:
     return templates.pop() if templates else None
 
 
-def before_start(cfg: TrainConfig, vocab_size: int) -> dict:
+def before_start(cfg: TrainConfig, vocab_size: int, eval_tokenizer: Optional[str] = None) -> dict:
     """Every check that needs no model; returns what the run starts from."""
     manifests = _manifests(cfg)
     if cfg.dataset:
         check_datasets(cfg, manifests, vocab_size)
+    check_eval_sets(cfg, vocab_size, eval_tokenizer)
     start = choose_start(cfg)  # first: it tells a save_dir that does not exist from one that is empty
     check_writable(cfg.save_dir, "--save_dir")
     check_writable(cfg.tensorboard_dir, "--tensorboard_dir")

@@ -75,6 +75,8 @@ CASES = [
     ("perplexity-not-a-model", PPL + ["--model", "{tok}", "--data", "{text}"], "--model {tok}: not a model folder"),
     ("perplexity-no-tokenizer", PPL + ["--model", "{ckpt}/step-2/modeling", "--data", "{text}"], "has no tokenizer"),
     ("perplexity-data-missing", PPL + ["--model", "{model}", "--data", "{root}/nope.jsonl"], "--data"),
+    ("perplexity-data-not-prepared", PPL + ["--model", "{model}", "--data", "{empty}"],
+     "--data {empty}: not a prepared dataset (no manifest.json)"),
     ("perplexity-max-length-0", PPL + ["--model", "{model}", "--data", "{text}", "--max_length", "0"], "--max_length 0"),
     ("inference-missing", INFER + ["--model_path", "{root}/nope", "--input_txt", "hi"], "--model_path {root}/nope"),
     ("inference-file", INFER + ["--model_path", "{file}", "--input_txt", "hi"], "is a file"),

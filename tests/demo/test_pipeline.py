@@ -2,6 +2,7 @@
 
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from colossal_hammer.demo.pipeline import SCALES, Demo
 from colossal_hammer.demo.pipeline import main as demo_main
 
 
@@ -19,3 +20,12 @@ def test_quick_start_at_test_scale(tmp_path, capsys):
     assert (tmp_path / "demo" / "report.png").stat().st_size > 10_000
     report = (tmp_path / "demo" / "report.md").read_text()
     assert "| stage2 |" in report and "merged_tokenizer" in report
+    # every training run scored the held-out text as it went: Chinese learned, English kept, end to end
+    assert "## Held-out bits per byte at the end of each training run" in report
+    demo = Demo(tmp_path / "demo", SCALES["test"])
+    curves = demo.heldout_curves()
+    assert [name for name in demo.stage_starts] == ["base", "stage1", "stage2", "sft"]
+    assert len(curves["zh"]) == len(curves["en"]) == 4 * 5  # 5 evaluations per run
+    base_end = curves["zh"][4][1], curves["en"][4][1]
+    stage2_end = curves["zh"][14][1], curves["en"][14][1]
+    assert stage2_end[0] < base_end[0] and stage2_end[1] <= 1.10 * base_end[1]

@@ -40,3 +40,50 @@ def test_report_matches_the_model_loss(tokenizer_dir, tmp_path):
     assert math.isclose(zh["perplexity"], math.exp(zh["loss"]), rel_tol=1e-9)
     full = evaluate_main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "d.jsonl"), "--max_length", "512"])
     assert math.isclose(full["category:zh"]["loss"], nll / tokens, rel_tol=1e-5)
+
+
+def test_prepared_dataset_equals_scoring_each_document_alone(tokenizer_dir, tmp_path):
+    """A packed row scored with the document mask equals each document piece run through HF on its own."""
+    from colossal_hammer.data.loader import BinnedDataset
+    from colossal_hammer.data.pretrain import main as prepare_pretrain
+    from colossal_hammer.demo import texts
+    from colossal_hammer.eval.token_bytes import byte_lengths
+    from tests.conftest import write_jsonl
+
+    news = texts.chinese_news()
+    write_jsonl(tmp_path / "raw" / "a.jsonl", [{"target": s, "category": c} for c in ("体育", "科技") for s in news[c][:6]])
+    prepare_pretrain(["--data_input_dirs", str(tmp_path / "raw"), "--tokenizer_dir", tokenizer_dir, "--data_output_dirs",
+                      str(tmp_path / "pt"), "--max_length", "48", "--num_spliced_dataset_bins", "1", "--num_workers", "1"])
+    save_tiny_llama(tokenizer_dir, tmp_path / "m")
+    report = evaluate_main(["--model", str(tmp_path / "m"), "--data", str(tmp_path / "pt")])
+
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "m").eval()
+    table = byte_lengths(AutoTokenizer.from_pretrained(tokenizer_dir))
+    data = BinnedDataset([str(tmp_path / "pt")])
+    sums = {}
+    pieces = 0
+    for part, (rows, category, _) in enumerate(data.parts):
+        for row in rows:
+            begin = 0
+            for length in row["doc_lengths"]:
+                ids = torch.tensor([row["input_ids"][begin:begin + length]])
+                labels = torch.tensor(row["labels"][begin + 1:begin + length])  # a piece's first token: no loss
+                begin += length
+                pieces += 1
+                keep = labels != -100
+                if not keep.any():
+                    continue
+                with torch.no_grad():
+                    logits = model(ids).logits[0, :-1].float()
+                nll = torch.nn.functional.cross_entropy(logits[keep], labels[keep], reduction="sum").item()
+                entry = sums.setdefault(category, [0.0, 0, 0])
+                entry[0] += nll
+                entry[1] += int(keep.sum())
+                entry[2] += int(table[labels[keep].numpy()].sum())
+    assert pieces > len(data)  # rows hold several documents (and pieces of longer ones)
+    for category, (nll, tokens, nbytes) in sums.items():
+        r = report[f"category:{category}"]
+        assert (r["tokens"], r["bytes"]) == (tokens, nbytes)
+        assert math.isclose(r["loss"], nll / tokens, rel_tol=1e-5)
+        assert math.isclose(r["bits_per_byte"], nll / math.log(2) / nbytes, rel_tol=1e-5)
+    assert report["file:pt"]["tokens"] == sum(t for _, t, _ in sums.values())
