@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import check_output, run_cli
+from .post_training import PostTraining
 from .progress import Progress, relay
 
 REPO = Path(__file__).resolve().parents[2]
@@ -72,15 +73,18 @@ STAGES = {
     "stage 1": "train embeddings and lm_head",
     "stage 2": "train everything, English replay at half weight",
     "sft": "train on Q/A conversations with NEFTune",
+    "sft lora": "the same SFT with LoRA adapters, then export merged",
+    "dpo": "DPO on the SFT model: right vs wrong category on unseen headlines",
     "export": "export each stage as an HF folder",
     "evaluate": "bits per byte on held-out text, inference_example.py",
+    "accuracy": "category accuracy on held-out headlines; LoRA figures",
     "report": "report.md and report.png",
 }
 WEIGHTS = {
     "test": {"corpus": 1, "base model": 75, "tokenizer": 42, "datasets": 14, "stage 1": 40, "stage 2": 70,
-             "sft": 40, "export": 57, "evaluate": 186, "report": 5},
+             "sft": 40, "sft lora": 45, "dpo": 60, "export": 57, "evaluate": 186, "accuracy": 30, "report": 5},
     "full": {"corpus": 1, "base model": 200, "tokenizer": 18, "datasets": 18, "stage 1": 65, "stage 2": 275,
-             "sft": 65, "export": 17, "evaluate": 120, "report": 2},
+             "sft": 65, "sft lora": 70, "dpo": 150, "export": 17, "evaluate": 120, "accuracy": 30, "report": 2},
 }
 
 
@@ -272,6 +276,8 @@ class Demo:
 {self.answer.strip()}
 ```
 
+{self.post.markdown(results) if hasattr(self, "post") else ""}
+
 ## Commands run
 
 {steps}
@@ -289,17 +295,24 @@ def main(argv=None) -> dict:
 def run_demo(out: Path, scale: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     demo = Demo(out, SCALES[scale])
+    demo.post = PostTraining(demo, scale)
     progress = Progress(WEIGHTS[scale])
     steps = {"corpus": demo.corpus, "base model": demo.base, "tokenizer": demo.extend, "datasets": demo.datasets,
-             "stage 1": demo.stage1, "stage 2": demo.stage2, "sft": demo.sft, "export": demo.export}
+             "stage 1": demo.stage1, "stage 2": demo.stage2, "sft": demo.sft, "sft lora": demo.post.sft_lora,
+             "dpo": demo.post.dpo, "export": demo.export}
     for name, step in steps.items():
         progress.stage(name, STAGES[name])
         step()
     progress.stage("evaluate", STAGES["evaluate"])
     results = demo.evaluate()
+    progress.stage("accuracy", STAGES["accuracy"])
+    demo.post.accuracy()
     progress.stage("report", STAGES["report"])
     demo.report(results)
     print(f"\nbits per byte on held-out text: {json.dumps(results)}")
+    results.update(demo.post.figures)  # accuracy, dpo, lora (after the report: its table reads only stages)
+    print(f"category accuracy on held-out headlines: {json.dumps(demo.post.figures['accuracy'])}")
+    print(f"LoRA SFT: {json.dumps(demo.post.figures['lora'])}")
     print(f"report: {out / 'report.md'} ({progress.finish():.0f} s in all)")
     print(f"talk to the SFT model (page on http://127.0.0.1:8000/, OpenAI API on /v1):\n"
           f"  {serve_command(out / 'models' / 'sft')}")
