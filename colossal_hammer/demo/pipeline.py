@@ -54,7 +54,7 @@ SCALES = {
     "test": Scale(hidden=64, layers=2, seq=128, base_steps=60, stage1_steps=20, stage2_steps=80, sft_steps=20,
                   news_per_category=200, english_docs=800, donor_vocab=9000),
     "full": Scale(hidden=192, layers=4, seq=256, base_steps=400, stage1_steps=100, stage2_steps=600, sft_steps=100,
-                  news_per_category=900, english_docs=1700, donor_vocab=16000),
+                  news_per_category=700, english_docs=1700, donor_vocab=16000),
 }
 
 # The stages in order, what each does, and its seconds in one run: the estimate of what is left scales

@@ -25,8 +25,8 @@ class PostScale:
 
 
 POST_SCALES = {
-    "test": PostScale(dpo_per_category=60, dpo_steps=30, dpo_lr=2e-4, lora_rank=8, lora_lr=2e-3),
-    "full": PostScale(dpo_per_category=60, dpo_steps=100, dpo_lr=1e-4, lora_rank=8, lora_lr=2e-3),
+    "test": PostScale(dpo_per_category=200, dpo_steps=60, dpo_lr=1e-3, lora_rank=8, lora_lr=2e-3),
+    "full": PostScale(dpo_per_category=200, dpo_steps=150, dpo_lr=5e-4, lora_rank=8, lora_lr=2e-3),
 }
 BETA = 0.1
 
@@ -71,9 +71,11 @@ class PostTraining:
                                             encoding="utf-8")
         d.run(sys.executable, "prepare_preference_dataset.py", "--data_input_dirs", folder, "--tokenizer_dir",
               self.out / "models" / "extended", "--data_output_dirs", self.out / "data" / "dpo", "--max_length",
-              d.s.seq, "--llama_version", 2, "--num_spliced_dataset_bins", 1, "--num_workers", 2, "--overwrite")
+              2 * d.s.seq, "--llama_version", 2, "--num_spliced_dataset_bins", 1, "--num_workers", 2, "--overwrite")
+        # a row holds both sequences of a pair, each as long as an SFT row may be
         d.train("dpo", ["--load_weights_only", d.last_step("sft")], self.out / "data" / "dpo", self.p.dpo_steps,
-                self.p.dpo_lr, "--task", "dpo", "--dpo_loss", "sigmoid", "--beta", BETA, "--padding_mode", "longest")
+                self.p.dpo_lr, "--task", "dpo", "--dpo_loss", "sigmoid", "--beta", BETA, "--padding_mode", "longest",
+                "--max_length", 2 * d.s.seq)
         d.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", d.last_step("dpo"),
               "--output_dir", self.out / "models" / "dpo")
         records = [json.loads(line) for line in (self.out / "logs" / "dpo" / "metrics.jsonl").read_text().splitlines()]
