@@ -11,8 +11,10 @@ how long it has run and about how long is left, and train.py's progress bar):
  2. analyze → merge a Chinese donor tokenizer (HammerLLM) → analyze again;
  3. init_embeddings for the new vocabulary;
  4. prepare_pretrain_dataset.py (Chinese news by category + English replay), prepare_sft_dataset.py;
- 5. stage 1 (embeddings and lm_head only) → stage 2 (full) → SFT with NEFTune;
- 6. export each stage, bits per byte on held-out Chinese and English, inference_example.py;
+ 5. stage 1 (embeddings and lm_head only) → stage 2 (full) → SFT with NEFTune → the same SFT with LoRA
+    adapters → DPO on the SFT model (right vs wrong category on unseen headlines; demo/post_training.py);
+ 6. export each stage, bits per byte on held-out Chinese and English, inference_example.py, category
+    accuracy on held-out headlines (demo/accuracy.py);
  7. report.md + loss curves and bits-per-byte plots.
 """
 
