@@ -63,7 +63,7 @@ SCALES = {
 # these by how fast the current run goes (demo/progress.py), so only their ratios matter. They are
 # fixed figures, measured once; re-measure when the scales or the steps change.
 # test: measured once with tests/demo/test_pipeline.py on this 2-core CPU shared with other jobs
-#   (529 s in all; the same run alone takes ~160 s).
+#   (529 s in all; the same run alone takes ~160 s). sft lora, dpo, accuracy: from one such run (567 s in all).
 # full: the README's full run took 781 s in all, not timed per stage. Non-training stages: the test
 #   run's figures divided by that load (3.4) and scaled by data size; the rest split over the four
 #   training runs in proportion to their steps (400/100/600/100), each with ~25 s of start-up.
@@ -84,7 +84,7 @@ STAGES = {
 }
 WEIGHTS = {
     "test": {"corpus": 1, "base model": 75, "tokenizer": 42, "datasets": 14, "stage 1": 40, "stage 2": 70,
-             "sft": 40, "sft lora": 45, "dpo": 60, "export": 57, "evaluate": 186, "accuracy": 30, "report": 5},
+             "sft": 40, "sft lora": 45, "dpo": 70, "export": 57, "evaluate": 186, "accuracy": 65, "report": 5},
     "full": {"corpus": 1, "base model": 200, "tokenizer": 18, "datasets": 18, "stage 1": 65, "stage 2": 275,
              "sft": 65, "sft lora": 70, "dpo": 150, "export": 17, "evaluate": 120, "accuracy": 30, "report": 2},
 }
