@@ -93,3 +93,23 @@ def test_questions_and_scores_equal_a_plain_computation(tokenizer_dir, tmp_path)
     assert got["predictions"] == "".join("ABCD"[p] for p in picks)
     assert got["accuracy"] == pytest.approx(sum(p == q.answer for p, q in zip(picks, questions)) / 12)
     assert got["n"] == 12
+
+
+def test_accuracy_command_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.distributed import REPO
+
+    questions = tmp_path / "q.jsonl"
+    accuracy.write_questions(questions, {"体育": texts.chinese_news()["体育"][-2:]}, sorted(texts.chinese_news()))
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "manifest.json").write_text(json.dumps({"kind": "sft", "chat_template": "x"}))
+    cases = [(["--model", "no_equals_sign"], "--model no_equals_sign: give NAME=DIR"),
+             (["--model", "a=b", "--data", str(tmp_path / "missing.jsonl")], "missing.jsonl")]
+    for extra, expected in cases:
+        args = ["--data", str(questions), "--sft_dataset", str(tmp_path / "sft")] + extra
+        proc = subprocess.run([sys.executable, "-m", "colossal_hammer.demo.accuracy", *args], cwd=REPO,
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and expected in proc.stderr
+        assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
