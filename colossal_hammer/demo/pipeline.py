@@ -11,9 +11,11 @@ how long it has run and about how long is left, and train.py's progress bar):
  2. analyze → merge a Chinese donor tokenizer (HammerLLM) → analyze again;
  3. init_embeddings for the new vocabulary;
  4. prepare_pretrain_dataset.py (Chinese news by category + English replay), prepare_sft_dataset.py;
- 5. stage 1 (embeddings and lm_head only) → stage 2 (full) → SFT with NEFTune, every training run
-    scoring held-out Chinese and English as it goes (train.py --eval_dataset);
- 6. export each stage, bits per byte on held-out Chinese and English, inference_example.py;
+ 5. stage 1 (embeddings and lm_head only) → stage 2 (full) → SFT with NEFTune → the same SFT with LoRA
+    adapters → DPO on the SFT model (right vs wrong category on unseen headlines; demo/post_training.py),
+    every training run scoring held-out Chinese and English as it goes (train.py --eval_dataset);
+ 6. export each stage, bits per byte on held-out Chinese and English, inference_example.py, category
+    accuracy on held-out headlines (demo/accuracy.py);
  7. report.md + loss curves, held-out curves through all stages and bits-per-byte plots.
 """
 
@@ -31,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import check_output, run_cli
+from .post_training import PostTraining
 from .progress import Progress, relay
 
 REPO = Path(__file__).resolve().parents[2]
@@ -55,17 +58,18 @@ SCALES = {
     "test": Scale(hidden=64, layers=2, seq=128, base_steps=60, stage1_steps=20, stage2_steps=80, sft_steps=20,
                   news_per_category=200, english_docs=800, donor_vocab=9000, eval_max_tokens=1024),
     "full": Scale(hidden=192, layers=4, seq=256, base_steps=400, stage1_steps=100, stage2_steps=600, sft_steps=100,
-                  news_per_category=900, english_docs=1700, donor_vocab=16000, eval_max_tokens=4096),
+                  news_per_category=700, english_docs=1700, donor_vocab=16000, eval_max_tokens=4096),
 }
 
 # The stages in order, what each does, and its seconds in one run: the estimate of what is left scales
 # these by how fast the current run goes (demo/progress.py), so only their ratios matter. They are
 # fixed figures, measured once; re-measure when the scales or the steps change.
 # test: measured once with tests/demo/test_pipeline.py on this 2-core CPU shared with other jobs
-#   (529 s in all; the same run alone takes ~160 s).
+#   (529 s in all; the same run alone takes ~160 s). sft lora, dpo, accuracy: from one such run (567 s in all).
 # full: the README's full run took 781 s in all, not timed per stage. Non-training stages: the test
 #   run's figures divided by that load (3.4) and scaled by data size; the rest split over the four
 #   training runs in proportion to their steps (400/100/600/100), each with ~25 s of start-up.
+#   sft lora, dpo, accuracy: their seconds in a 1,145 s full run, scaled by sft's and evaluate's there.
 STAGES = {
     "corpus": "texts from installed packages",
     "base model": "an English tokenizer and a small Llama pretrained on English",
@@ -74,15 +78,18 @@ STAGES = {
     "stage 1": "train embeddings and lm_head",
     "stage 2": "train everything, English replay at half weight",
     "sft": "train on Q/A conversations with NEFTune",
+    "sft lora": "the same SFT with LoRA adapters, then export merged",
+    "dpo": "DPO on the SFT model: right vs wrong category on unseen headlines",
     "export": "export each stage as an HF folder",
     "evaluate": "bits per byte on held-out text, inference_example.py",
+    "accuracy": "category accuracy on held-out headlines; LoRA figures",
     "report": "report.md and report.png",
 }
 WEIGHTS = {
     "test": {"corpus": 1, "base model": 75, "tokenizer": 42, "datasets": 14, "stage 1": 40, "stage 2": 70,
-             "sft": 40, "export": 57, "evaluate": 186, "report": 5},
+             "sft": 40, "sft lora": 45, "dpo": 70, "export": 57, "evaluate": 186, "accuracy": 65, "report": 5},
     "full": {"corpus": 1, "base model": 200, "tokenizer": 18, "datasets": 18, "stage 1": 65, "stage 2": 275,
-             "sft": 65, "export": 17, "evaluate": 120, "report": 2},
+             "sft": 65, "sft lora": 56, "dpo": 204, "export": 17, "evaluate": 120, "accuracy": 82, "report": 2},
 }
 
 
@@ -331,6 +338,8 @@ figures run a little apart from the exports' above). The middle plot shows them 
 {self.answer.strip()}
 ```
 
+{self.post.markdown(results) if hasattr(self, "post") else ""}
+
 ## Commands run
 
 {steps}
@@ -348,17 +357,24 @@ def main(argv=None) -> dict:
 def run_demo(out: Path, scale: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     demo = Demo(out, SCALES[scale])
+    demo.post = PostTraining(demo, scale)
     progress = Progress(WEIGHTS[scale])
     steps = {"corpus": demo.corpus, "base model": demo.base, "tokenizer": demo.extend, "datasets": demo.datasets,
-             "stage 1": demo.stage1, "stage 2": demo.stage2, "sft": demo.sft, "export": demo.export}
+             "stage 1": demo.stage1, "stage 2": demo.stage2, "sft": demo.sft, "sft lora": demo.post.sft_lora,
+             "dpo": demo.post.dpo, "export": demo.export}
     for name, step in steps.items():
         progress.stage(name, STAGES[name])
         step()
     progress.stage("evaluate", STAGES["evaluate"])
     results = demo.evaluate()
+    progress.stage("accuracy", STAGES["accuracy"])
+    demo.post.accuracy()
     progress.stage("report", STAGES["report"])
     demo.report(results)
     print(f"\nbits per byte on held-out text: {json.dumps(results)}")
+    results.update(demo.post.figures)  # accuracy, dpo, lora (after the report: its table reads only stages)
+    print(f"category accuracy on held-out headlines: {json.dumps(demo.post.figures['accuracy'])}")
+    print(f"LoRA SFT: {json.dumps(demo.post.figures['lora'])}")
     print(f"report: {out / 'report.md'} ({progress.finish():.0f} s in all)")
     print(f"talk to the SFT model (page on http://127.0.0.1:8000/, OpenAI API on /v1):\n"
           f"  {serve_command(out / 'models' / 'sft')}")

@@ -1,0 +1,115 @@
+"""The demo's DPO pairs and held-out category questions: who sees which headline, and how a choice is scored."""
+
+import json
+
+import pytest
+
+from colossal_hammer.data.sft import BUILTIN_TEMPLATES
+from colossal_hammer.demo import accuracy, preference, texts
+from colossal_hammer.eval import benchmark
+from tests.conftest import save_tiny_llama
+
+
+@pytest.mark.parametrize("n", [200, 900])
+def test_dpo_and_heldout_texts_are_disjoint_from_training_and_each_other(n):
+    news = texts.chinese_news()
+    dpo, heldout = preference.splits(news, n, dpo_per_category=60)
+    for category, sentences in news.items():
+        # by headline, what the questions ask about: the package repeats some texts
+        trained = {preference.headline(t) for ts in news.values() for t in ts[: n + preference.SFT_PER_CATEGORY]}
+        mine_dpo = {preference.headline(t) for t in dpo.get(category, [])}
+        mine_held = {preference.headline(t) for t in heldout.get(category, [])}
+        assert not trained & mine_dpo and not trained & mine_held and not mine_dpo & mine_held
+        assert len(dpo.get(category, [])) <= 60
+        if category in heldout:
+            assert set(heldout[category]) <= set(sentences[-preference.HELDOUT_PER_CATEGORY:])
+            assert len(heldout[category]) >= 30
+    # 时尚 has 563 texts: at n = 900 all were pretrained on, so it gives neither pairs nor questions
+    assert ("时尚" in heldout) == (n == 200)
+    assert len(heldout) >= 9
+
+
+def test_pairs_prefer_the_right_category_in_the_sft_form():
+    news = texts.chinese_news()
+    dpo, _ = preference.splits(news, 200, dpo_per_category=5)
+    pairs = preference.pairs(dpo, sorted(news))
+    assert len(pairs) == 5 * len(dpo)
+    by_headline = {preference.headline(t): c for c, ts in dpo.items() for t in ts}
+    for p in pairs:
+        category = by_headline[p["prompt"].split("？", 1)[1]]
+        assert p["chosen"] == f"这是一条{category}新闻。"
+        assert p["rejected"] != p["chosen"] and p["rejected"].startswith("这是一条")
+    assert pairs == preference.pairs(dpo, sorted(news))  # deterministic
+
+
+def test_check_sft_form_refuses_another_form(tmp_path):
+    good = tmp_path / "good.jsonl"
+    good.write_text(json.dumps({"messages": [{"from": "human", "content": "这句话属于哪个新闻类别？某某"},
+                                             {"from": "assistant", "content": "这是一条体育新闻。"}]}, ensure_ascii=False))
+    preference.check_sft_form(good)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"messages": [{"from": "human", "content": "这句话属于哪个新闻类别？某某"},
+                                            {"from": "assistant", "content": "体育"}]}, ensure_ascii=False))
+    with pytest.raises(SystemExit, match="form changed"):
+        preference.check_sft_form(bad)
+
+
+def test_questions_and_scores_equal_a_plain_computation(tokenizer_dir, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from colossal_hammer.data.sft import ChatSegmenter
+    from colossal_hammer.data.tokenize import PartTokenizer
+
+    news = texts.chinese_news()
+    heldout = {c: news[c][-3:] for c in sorted(news)[:4]}
+    path = tmp_path / "q.jsonl"
+    assert accuracy.write_questions(path, heldout, sorted(news)) == 12
+    tests, _ = benchmark.read_jsonl(str(path))  # the scorer's own reader accepts the file
+    questions = tests["thucnews_category"]
+    for q, (category, text) in zip(questions, [(c, t) for c in sorted(heldout) for t in heldout[c]]):
+        assert q.choices[q.answer] == category and len(set(q.choices)) == 4
+        assert q.question == preference.headline(text)
+
+    model_dir = str(save_tiny_llama(tokenizer_dir, tmp_path / "m", seed=3))
+    template = BUILTIN_TEMPLATES[2]
+    got = accuracy.score(model_dir, questions, template, batch_size=3)
+    # plain: one full forward per choice, the reply's summed log-probs, the best choice
+    model = AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    tok = PartTokenizer(model_dir)
+    seg = ChatSegmenter(tok.tokenizer, template)
+    picks = []
+    for q in questions:
+        prompt = [{"role": "user", "content": f"这句话属于哪个新闻类别？{q.question}"}]
+        head = seg.render(prompt, True)
+        scores = []
+        for choice in q.choices:
+            reply = seg.render(prompt + [{"role": "assistant", "content": f"这是一条{choice}新闻。"}], False)
+            h, r = tok.encode_parts([[head, reply[len(head):]]])[0]
+            with torch.no_grad():
+                logp = torch.log_softmax(model(torch.tensor([h + r])).logits[0].float(), -1)
+            scores.append(sum(float(logp[len(h) - 1 + i, t]) for i, t in enumerate(r)))
+        picks.append(max(range(4), key=lambda i: scores[i]))
+    assert got["predictions"] == "".join("ABCD"[p] for p in picks)
+    assert got["accuracy"] == pytest.approx(sum(p == q.answer for p, q in zip(picks, questions)) / 12)
+    assert got["n"] == 12
+
+
+def test_accuracy_command_errors_are_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.distributed import REPO
+
+    questions = tmp_path / "q.jsonl"
+    accuracy.write_questions(questions, {"体育": texts.chinese_news()["体育"][-2:]}, sorted(texts.chinese_news()))
+    (tmp_path / "sft").mkdir()
+    (tmp_path / "sft" / "manifest.json").write_text(json.dumps({"kind": "sft", "chat_template": "x"}))
+    cases = [(["--model", "no_equals_sign"], "--model no_equals_sign: give NAME=DIR"),
+             (["--model", "a=b", "--data", str(tmp_path / "missing.jsonl")], "missing.jsonl")]
+    for extra, expected in cases:
+        args = ["--data", str(questions), "--sft_dataset", str(tmp_path / "sft")] + extra
+        proc = subprocess.run([sys.executable, "-m", "colossal_hammer.demo.accuracy", *args], cwd=REPO,
+                              capture_output=True, text=True)
+        assert proc.returncode == 2 and expected in proc.stderr
+        assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
