@@ -78,7 +78,8 @@ class PostTraining:
                 "--max_length", 2 * d.s.seq)
         d.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", d.last_step("dpo"),
               "--output_dir", self.out / "models" / "dpo")
-        records = [json.loads(line) for line in (self.out / "logs" / "dpo" / "metrics.jsonl").read_text().splitlines()]
+        records = [r for r in map(json.loads, (self.out / "logs" / "dpo" / "metrics.jsonl").read_text().splitlines())
+                   if r.get("kind") != "eval"]  # step records only; the held-out evaluations are records too
         self.figures["dpo"] = {"pairs": len(pairs), "steps": records[-1]["step"], "first_loss": records[0]["loss"],
                                "last_loss": records[-1]["loss"],
                                "last_reward_accuracy": records[-1].get("rewards/accuracy")}
