@@ -75,20 +75,21 @@ def apply(booster, model, cfg: TrainConfig):
     return booster.enable_lora(model, lora_config=lora_config(cfg), quantize=cfg.lora_quantize)
 
 
+def peft_model(boosted):
+    """The PeftModel under the Booster's wrapper, or None for a model without adapters."""
+    from peft import PeftModel
+
+    model = boosted.unwrap(unwrap_peft=False) if hasattr(boosted, "unwrap") else boosted
+    return model if isinstance(model, PeftModel) else None
+
+
 def inner_model(boosted):
     """The transformers model under the Booster's wrapper and peft's (Colossal-AI's own unwrap() hands out
     a state-dict proxy for a PeftModel)."""
-    from peft import PeftModel
-
-    model = boosted.unwrap(unwrap_peft=False) if hasattr(boosted, "unwrap") else boosted
-    return model.get_base_model() if isinstance(model, PeftModel) else model
-
-
-def peft_model(boosted):
-    model = boosted.unwrap(unwrap_peft=False) if hasattr(boosted, "unwrap") else boosted
-    from peft import PeftModel
-
-    return model if isinstance(model, PeftModel) else None
+    peft = peft_model(boosted)
+    if peft is not None:
+        return peft.get_base_model()
+    return boosted.unwrap() if hasattr(boosted, "unwrap") else boosted
 
 
 def is_adapter_folder(folder: str) -> bool:
