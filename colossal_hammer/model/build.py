@@ -9,6 +9,8 @@ from contextlib import nullcontext
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from ..moe.models import MOE_CONFIGS, MOE_MODEL_TYPES, mixtral_config
+
 # Named configs for runs without pretrained weights. Head counts are divisible by 2 and 4 so tensor
 # parallelism can split them; vocab sizes are multiples of 64 for the same reason.
 NAMED_CONFIGS = {
@@ -40,13 +42,24 @@ DTYPES = {"fp16": torch.float16, "bf16": torch.bfloat16, "fp32": torch.float32}
 UNPADDED_VOCAB_KEY = "unpadded_vocab_size"
 
 
-def load_config(spec: str) -> LlamaConfig:
+def load_config(spec: str):
+    """A LlamaConfig, or a MixtralConfig for an MoE preset or a JSON whose model_type is "mixtral"."""
     if spec in NAMED_CONFIGS:
         return LlamaConfig(**NAMED_CONFIGS[spec])
+    if spec in MOE_CONFIGS:
+        return mixtral_config(MOE_CONFIGS[spec])
     if not os.path.isfile(spec):
-        raise SystemExit(f"error: --model_config {spec!r} is neither {sorted(NAMED_CONFIGS)} nor a JSON file")
+        raise SystemExit(f"error: --model_config {spec!r} is neither {sorted(NAMED_CONFIGS) + sorted(MOE_CONFIGS)} "
+                         "nor a JSON file")
     with open(spec, encoding="utf-8") as f:
-        return LlamaConfig(**json.load(f))
+        values = json.load(f)
+    kind = values.pop("model_type", "llama")
+    if kind == "llama":
+        return LlamaConfig(**values)
+    if kind in MOE_MODEL_TYPES:
+        return mixtral_config(values)
+    raise SystemExit(f"error: --model_config {spec}: model_type {kind!r}; give 'llama' (LlamaConfig) or "
+                     f"{' or '.join(map(repr, MOE_MODEL_TYPES))} (MixtralConfig)")
 
 
 def unpadded_vocab_size(config) -> int:
@@ -84,6 +97,8 @@ def pad_vocabulary(model, multiple: int) -> int:
         head.out_features = new
     setattr(config, UNPADDED_VOCAB_KEY, unpadded_vocab_size(config))
     config.vocab_size = new
+    if hasattr(model, "vocab_size"):  # Mixtral's forward reshapes its logits by the size copied at init
+        model.vocab_size = new
     # Under LazyInitContext the Booster loads the pretrained weights after sharding, and a checkpoint
     # may hold fewer rows (unpadded, or padded for a smaller tp): pad them on their way in.
     model.register_load_state_dict_pre_hook(_pad_rows_on_load)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import json
 import math
 import os
 import sys
@@ -59,6 +60,21 @@ def _damaged(path: str, e: Exception) -> InputError:
     return InputError(f"{path}: damaged weights file ({first}); export an earlier step-N")
 
 
+def _index_of(modeling_dir: str) -> Dict[str, str]:
+    """The weight map of the folder's `*.safetensors.index.json` (stored key -> file name), or {}. It decides
+    which copy is read where a tensor is stored twice: Colossal-AI's MoE checkpoint writes one file per
+    expert-parallel rank, each with the replicated (non-expert) tensors, and indexes the first copy."""
+    found = glob.glob(os.path.join(modeling_dir, "*.safetensors.index.json"))
+    if len(found) != 1:
+        return {}
+    try:
+        with open(found[0], encoding="utf-8") as f:
+            weight_map = json.load(f)["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise InputError(f"{found[0]}: not a safetensors index with a weight_map ({e})") from None
+    return {str(k): str(v) for k, v in weight_map.items()}
+
+
 class Source:
     """Where each weight of a checkpoint lies (file, stored key, shape, dtype), read from the headers only.
 
@@ -74,10 +90,13 @@ class Source:
         self.where: Dict[str, Tuple[str, str]] = {}
         self.shapes: Dict[str, Tuple[int, ...]] = {}
         self.dtypes: Dict[str, "torch.dtype"] = {}
+        indexed = _index_of(modeling_dir)
         for path in files:
             try:
                 with safe_open(path, framework="pt") as f:
                     for stored in f.keys():
+                        if indexed.get(stored, os.path.basename(path)) != os.path.basename(path):
+                            continue  # the index reads this tensor from another file (see _index_of)
                         key = strip_wrapper_prefixes(stored)
                         if key in self.where:
                             raise InputError(f"{path}: {stored} and {self.where[key][1]} are both {key} once "
@@ -158,7 +177,10 @@ def plan(config, source: Source, target: "torch.dtype") -> Tuple[object, List[En
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     tied = getattr(config, "tie_word_embeddings", False) and TIED_HEAD in expected
     missing = sorted(set(expected) - set(source.where) - ({TIED_HEAD} if tied else set()))
-    unexpected = sorted(set(source.where) - set(expected))
+    # non-persistent buffers (rotary inv_freq) are derived from the config; Colossal-AI's MoE checkpoint writes
+    # them anyway, and the exported model recomputes them
+    derived = {name for name, _ in model.named_buffers()} - set(expected)
+    unexpected = sorted(set(source.where) - set(expected) - derived)
     if missing or unexpected:
         raise InputError(f"{os.path.dirname(next(iter(source.where.values()))[0])}: weights do not match the "
                          f"config: missing {missing[:5]}, unexpected {unexpected[:5]}")

@@ -46,7 +46,7 @@ def layout_of(cfg, world: int) -> Layout:
 
 
 def vocab_multiple(cfg) -> int:
-    return VOCAB_MULTIPLE * cfg.tp if cfg.plugin == "3d" else 1
+    return VOCAB_MULTIPLE * cfg.tp if cfg.plugin in ("3d", "moe") else 1
 
 
 def layers_per_stage(layers: int, stages: int) -> List[int]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import importlib.util
-import json
 import os
 from typing import Optional, Tuple
 
@@ -13,7 +12,7 @@ from torch.utils.data import DataLoader
 from ..data.loader import BinnedDataset, BucketSampler, IndexedDataset, PackedCollator
 from ..data.random_data import RandomTokenDataset
 from ..errors import InputError
-from ..model.build import UNPADDED_VOCAB_KEY, build_model
+from ..model.build import build_model, unpadded_vocab_size
 from ..model.folders import hf_folder_of
 from ..model.doc_attention import DocumentAttention
 from ..model.doc_attention import install as install_document_attention
@@ -34,21 +33,26 @@ def weights_source(cfg: TrainConfig) -> Tuple[Optional[str], Optional[str]]:
     return cfg.pretrained, cfg.model_config
 
 
-def model_vocab_size(cfg: TrainConfig) -> int:
-    """The tokenizer's vocabulary the model is built for (before any tensor-parallel padding), read from its
-    config without building it."""
+def model_config_of(cfg: TrainConfig):
+    """The HF config of the model this run trains, read without building it."""
     from ..model.build import load_config
 
     weights_dir, model_config = weights_source(cfg)
     if model_config is not None:
-        return load_config(model_config).vocab_size
+        return load_config(model_config)
+    from transformers import AutoConfig
+
+    if not os.path.isfile(os.path.join(weights_dir, "config.json")):
+        raise SystemExit(f"error: --pretrained {weights_dir}: no config.json (an HF model folder has one)")
     try:
-        with open(os.path.join(weights_dir, "config.json"), encoding="utf-8") as f:
-            config = json.load(f)
-        return int(config.get(UNPADDED_VOCAB_KEY) or config["vocab_size"])
+        return AutoConfig.from_pretrained(weights_dir)
     except (OSError, ValueError, KeyError) as e:
-        raise SystemExit(f"error: --pretrained {weights_dir}: no readable config.json with a vocab_size "
-                         f"({e})") from None
+        raise SystemExit(f"error: --pretrained {weights_dir}/config.json: {e}") from None
+
+
+def model_vocab_size(cfg: TrainConfig) -> int:
+    """The tokenizer's vocabulary the model is built for (before any tensor-parallel padding)."""
+    return unpadded_vocab_size(model_config_of(cfg))
 
 
 def tokenizer_folder(weights_dir: Optional[str]) -> Optional[str]:

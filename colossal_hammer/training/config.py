@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d")
+PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d", "moe")
 
 
 def _f(default, help, **kw):
@@ -28,7 +28,9 @@ class TrainConfig:
     pretrained: Optional[str] = _f(None, "HF-format model folder to continue training from.")
     model_config: Optional[str] = _f(
         None, "Random-init model instead of --pretrained: 'tiny', 'small', a published shape ('llama2-7b', "
-              "'llama2-13b', 'llama2-70b', 'llama3-8b', 'llama3-70b'), or a path to a LlamaConfig JSON."
+              "'llama2-13b', 'llama2-70b', 'llama3-8b', 'llama3-70b'), a mixture of experts ('tiny_moe': top-2 of 4 "
+              "experts; 'mixtral-8x7b'), or a path to a LlamaConfig JSON (a MixtralConfig with \"model_type\": "
+              "\"mixtral\")."
     )
     load_weights_only: Optional[str] = _f(
         None, "Start a new stage from these weights (a checkpoint step-N folder or an HF folder), with a fresh "
@@ -64,13 +66,21 @@ class TrainConfig:
               "model folder's own; needed with --model_config).")
     # ---- parallelism ----
     plugin: str = _f("gemini", "Booster plugin.", choices=PLUGINS)
-    tp: int = _f(1, "Tensor-parallel size (plugin 3d).")
+    tp: int = _f(1, "Tensor-parallel size (plugins 3d and moe).")
     pp: int = _f(1, "Pipeline-parallel size (plugin 3d).")
     sp: int = _f(1, "Sequence-parallel size (plugin 3d).")
-    zero_stage: int = _f(0, "ZeRO stage inside plugin 3d.", choices=(0, 1, 2))
+    ep: int = _f(1, "Expert-parallel size (plugin moe): each layer's experts are split over this many "
+                    "data-parallel ranks.")
+    zero_stage: int = _f(0, "ZeRO stage inside plugins 3d and moe (moe: 0 or 1; 1 is needed with --ep > 1).",
+                         choices=(0, 1, 2))
     sp_mode: str = _f("split_gather", "Sequence-parallel mode (plugin 3d).", choices=("split_gather", "ring", "all_to_all"))
     enable_sequence_parallelism: bool = _f(False, "Enable sequence parallelism (plugin 3d).")
-    zero_cpu_offload: bool = _f(False, "Offload ZeRO optimizer states to CPU (plugin 3d, zero_stage >= 1).")
+    zero_cpu_offload: bool = _f(False, "Offload ZeRO optimizer states to CPU (plugins 3d and moe, zero_stage >= 1).")
+    # ---- mixture of experts (moe/router.py) ----
+    router_aux_loss_coef: float = _f(0.02, "Weight of the router's load-balancing loss in the optimised loss (MoE "
+                                           "models; Mixtral's 0.02).")
+    router_z_loss_coef: float = _f(0.0, "Weight of the router z-loss (ST-MoE: mean squared logsumexp of the router "
+                                        "logits; MoE models; 0 turns it off).")
     microbatch_size: int = _f(1, "Pipeline micro-batch size (plugin 3d with pp > 1).")
     mixed_precision: str = _f(
         "bf16",
@@ -167,8 +177,12 @@ class TrainConfig:
             raise SystemExit("error: --load_checkpoint and --resume auto are alternatives; give one")
         if self.load_weights_only and self.load_checkpoint:
             raise SystemExit("error: --load_weights_only starts a new stage; --load_checkpoint resumes one: give one")
-        if self.plugin != "3d" and (self.tp, self.pp, self.sp, self.zero_stage) != (1, 1, 1, 0):
-            raise SystemExit(f"error: --tp/--pp/--sp/--zero_stage need --plugin 3d (got --plugin {self.plugin})")
+        if self.plugin not in ("3d", "moe") and (self.tp, self.pp, self.sp, self.zero_stage) != (1, 1, 1, 0):
+            raise SystemExit(f"error: --tp/--pp/--sp/--zero_stage need --plugin 3d or moe (got --plugin {self.plugin})")
+        if self.ep < 1 or (self.ep > 1 and self.plugin != "moe"):
+            raise SystemExit(f"error: --ep {self.ep}: an expert-parallel size >= 1, and above 1 only with --plugin moe")
+        if self.router_aux_loss_coef < 0 or self.router_z_loss_coef < 0:
+            raise SystemExit("error: --router_aux_loss_coef and --router_z_loss_coef must be >= 0")
         if self.plugin.startswith("gemini") and self.mixed_precision == "fp32":
             raise SystemExit("error: Gemini trains in fp16 or bf16 only; use --mixed_precision bf16")
         if self.plugin == "3d" and self.zero_stage > 0 and self.mixed_precision == "fp32":

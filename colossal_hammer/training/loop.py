@@ -37,10 +37,12 @@ from . import faults, preflight, step_guard
 from .checkpoint import Checkpointer
 from ..model.doc_attention import attention_pairs
 from .components import (attention_implementation, document_attention, eval_tokenizer, make_data, make_model,
-                         make_optimizer, model_vocab_size, tokenizer_folder, weights_source)
+                         make_optimizer, model_config_of, model_vocab_size, tokenizer_folder, weights_source)
 from .config import TrainConfig
 from .dpo import DPOTask
 from .metrics import MetricsLogger, peak_tflops, training_flops
+from ..moe import router as moe_router
+from ..moe.models import active_params
 from .plugins import build_plugin, describe_plugin, layout_of, precision_plan
 from .schedule import cosine_with_warmup, default_warmup_steps
 
@@ -57,7 +59,7 @@ class Trainer:
         colossalai.launch_from_torch(seed=cfg.seed, verbose=False)
         self.device = get_accelerator().get_current_device()
         self.rank = dist.get_rank()
-        self.plugin = build_plugin(cfg)
+        self.plugin = build_plugin(cfg, model_config_of(cfg))
         self.layout = layout_of(self.plugin)
         precision = precision_plan(self.plugin, cfg, self.device.type)
         if cfg.use_flash_attn and attention_implementation(cfg) != "flash_attention_2" and self.rank == 0:
@@ -98,6 +100,7 @@ class Trainer:
         tp_group = getattr(self.plugin, "tp_group", None)
         mask_padded_logits(unwrapped, dist.get_rank(tp_group) if tp_group is not None else 0)
         self.neftune = NEFTune(unwrapped.get_input_embeddings(), cfg.neft_alpha) if cfg.use_neft else None
+        self.router = moe_router.build(cfg, unwrapped)  # MoE models: the router's loss terms and load figures
         self.evaluator = in_training.build(cfg, self.layout, model.config.vocab_size, eval_tokenizer(cfg))
 
         self.step = 0
@@ -183,7 +186,9 @@ class Trainer:
         with sync_ctx:
             with amp_ctx:
                 loss = faults.corrupt_loss(self.model(**batch).loss * weight, self.attempts)
-            self.booster.backward(loss, self.optimizer)
+                # MoE: the router's terms are optimised with the LM loss; the log reports them apart
+                optimised = loss + self.router.loss(batch["attention_mask"], weight) if self.router else loss
+            self.booster.backward(optimised, self.optimizer)
         return loss.detach()
 
     def _global_sum(self, *values) -> list[float]:
@@ -227,7 +232,10 @@ class Trainer:
         # shard) and whether any rank's loss or gradients are not finite.
         owned = loss_sum if (loss_sum is not None and self.layout.loss_owner) else torch.zeros((), device=self.device)
         grads_bad = ~step_guard.local_grads_finite(self.model, self.optimizer)
-        loss_total, bad, *task_totals = self._global_sum(owned, grads_bad, *(self.task.take_sums() if self.task else ()))
+        task_sums = self.task.take_sums() if self.task else []
+        router_sums = self.router.take_sums(self.layout.loss_owner) if self.router else []
+        loss_total, bad, *totals = self._global_sum(owned, grads_bad, *task_sums, *router_sums)
+        task_totals, router_totals = totals[:len(task_sums)], totals[len(task_sums):]
         loss_value = loss_total / self.layout.dp_size  # each rank's share carried the dp factor of the gradient mean
         skipped = bad > 0 or not math.isfinite(loss_value)
         lr = self.lr_scheduler.get_last_lr()[0]
@@ -255,9 +263,12 @@ class Trainer:
                   "padding_fraction": padding_total / max(1.0, tokens_total + padding_total), "skipped": skipped}
         if self.task:
             record.update(self.task.metrics(task_totals, units_total))
+        if self.router:
+            record.update(self.router.metrics(router_totals, self.layout.dp_size))
         if self.peak_tflops:
             # attention counted as computed: per document in packed rows (sum of len^2), not over whole rows
-            flops = training_flops(self.model_config, self.num_params, tokens_total, pairs_total)
+            flops = training_flops(self.model_config, active_params(self.model_config, self.num_params), tokens_total,
+                                   pairs_total)
             record["mfu"] = flops / elapsed / (self.peak_tflops * 1e12 * dist.get_world_size())
         return record
 

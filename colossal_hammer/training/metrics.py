@@ -46,7 +46,8 @@ def cut_back(path: str, step: int) -> list:
 
 class MetricsLogger:
     SCALARS = ("loss", "lr", "grad_norm", "tokens_per_second", "padding_fraction", "mfu",
-               "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin")
+               "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
+               "router_aux_loss", "router_z_loss", "expert_load_cv")
 
     def __init__(self, log_dir: str, enabled: bool = True, resumed_step: Optional[int] = None):
         """A new run starts metrics.jsonl anew; a resumed one keeps the records up to its checkpoint's step, so
@@ -74,6 +75,8 @@ class MetricsLogger:
             self._print_eval(record)
         else:
             scalars = {f"train/{k}": record[k] for k in self.SCALARS if k in record}
+            for layer, shares in enumerate(record.get("expert_load", ())):  # MoE: tokens' share per expert
+                scalars.update({f"expert_load/layer_{layer}/expert_{e}": v for e, v in enumerate(shares)})
         for key, value in scalars.items():
             if math.isfinite(value):
                 self.writer.add_scalar(key, value, record["step"])

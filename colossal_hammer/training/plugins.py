@@ -16,7 +16,7 @@ from ..plan.layout import VOCAB_MULTIPLE, vocab_multiple  # noqa: F401 (vocab_mu
 from .config import TrainConfig
 
 # What runs on a CPU-only host through colossal_hammer.compat (tests/training/test_plugin_parity.py).
-CPU_PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "3d")
+CPU_PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "3d", "moe")
 
 
 def fixed_row_length(cfg: TrainConfig) -> bool:
@@ -100,11 +100,16 @@ def precision_plan(plugin, cfg: TrainConfig, device_type: str) -> PrecisionPlan:
                          clip_in_loop=cfg.grad_clip > 0, lazy_init=False)
 
 
-def build_plugin(cfg: TrainConfig):
-    """Return the Booster plugin for `cfg.plugin`. Raises SystemExit with one line on a bad combination."""
+def build_plugin(cfg: TrainConfig, model_config=None):
+    """Return the Booster plugin for `cfg.plugin`. Raises SystemExit with one line on a bad combination
+    (`model_config`, the HF config of the model to train, decides what needs the moe plugin)."""
     from colossalai.booster.plugin import HybridParallelPlugin, LowLevelZeroPlugin, TorchDDPPlugin
 
     from .. import compat
+    from ..moe import plugin as moe_plugin
+
+    if model_config is not None and (why := moe_plugin.refusal(cfg, model_config, dist.get_world_size())):
+        _refuse(why)
 
     if cfg.plugin == "gemini_auto" and compat.is_active():
         raise SystemExit(
@@ -159,6 +164,8 @@ def build_plugin(cfg: TrainConfig):
         if cfg.pp > 1:
             kwargs["microbatch_size"] = cfg.microbatch_size
         return HybridParallelPlugin(**kwargs)
+    if cfg.plugin == "moe":
+        return moe_plugin.build(cfg, clip)
     raise SystemExit(f"error: unknown plugin {cfg.plugin!r}")
 
 
@@ -295,4 +302,6 @@ def describe_plugin(plugin) -> dict:
     if hasattr(plugin, "pp_size"):  # HybridParallelPlugin
         info.update(tp_size=plugin.tp_size, pp_size=plugin.pp_size, sp_size=plugin.sp_size, dp_size=plugin.dp_size,
                     zero_stage=plugin.zero_stage, cpu_offload=bool(plugin.cpu_offload), precision=plugin.precision)
+    if hasattr(plugin, "ep_size"):  # MoeHybridParallelPlugin
+        info.update(ep_size=plugin.ep_size, moe_dp_size=plugin.moe_dp_size)
     return info
