@@ -18,6 +18,7 @@ import re
 from typing import List, Optional
 
 from ..errors import InputError, check_output, run_json_cli, writing
+from ..moe import models as moe_models
 from ..tokenizer.files import copy_tokenizer_files
 from .export import DEFAULT_MAX_SHARD_SIZE, Source, save_config, trim_vocabulary
 from .folders import hf_folder_of
@@ -34,16 +35,14 @@ CARRIED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers"
 
 
 def mixtral_config(dense, num_experts: int, top_k: int, aux_loss_coef: float):
-    from transformers import MixtralConfig
-
     if dense.model_type != "llama":
         raise InputError(f"--model: a {dense.model_type} model; upcycling takes a dense Llama")
     for flag in ("attention_bias", "mlp_bias"):
         if getattr(dense, flag, False):
             raise InputError(f"--model: {flag} is true; Mixtral has no biases, so the copy would not be exact")
     carried = {k: getattr(dense, k) for k in CARRIED if getattr(dense, k, None) is not None}
-    return MixtralConfig(**carried, num_local_experts=num_experts, num_experts_per_tok=top_k,
-                         router_aux_loss_coef=aux_loss_coef, sliding_window=None)
+    return moe_models.mixtral_config(dict(carried, num_local_experts=num_experts, num_experts_per_tok=top_k,
+                                          router_aux_loss_coef=aux_loss_coef))
 
 
 def plan(source: Source, config, target, seed: int, router_std: float) -> tuple:
@@ -103,10 +102,8 @@ def upcycle(model_dir: str, output_dir: str, num_experts: int = 8, top_k: int = 
         save_config(model, target, output_dir)
         copied = copy_tokenizer_files(dense_dir, output_dir)
     total = sum(e.nbytes for e in entries) // target.itemsize
-    active = total - (num_experts - top_k) * sum(e.nbytes for e in entries if EXPERT.match(e.name)) \
-        // num_experts // target.itemsize
     return {"output_dir": output_dir, "num_experts": num_experts, "top_k": top_k, "params": total,
-            "active_params": active, "dtype": str(target).replace("torch.", ""), "weight_files": files,
+            "active_params": moe_models.active_params(config, total), "dtype": str(target).replace("torch.", ""), "weight_files": files,
             "tokenizer_files": copied}
 
 

@@ -8,6 +8,7 @@ from typing import List, Optional
 
 from ..training.config import TrainConfig, _f, build_parser
 from .devices import DEVICE_NAMES
+from .shapes import MOE_NOT_PLANNED
 
 
 @dataclass
@@ -46,6 +47,8 @@ class PlanConfig(TrainConfig):
             raise SystemExit("error: --mfu must be in (0, 1]")
         if not 0 <= self.fragmentation < 1:
             raise SystemExit("error: --fragmentation must be in [0, 1)")
+        if self.plugin == "moe":
+            raise SystemExit(f"error: --plugin moe: {MOE_NOT_PLANNED}")
         if self.plugin == "3d":
             problem = layout_problem(self, self.nodes * self.gpus_per_node)
             if problem:

@@ -11,6 +11,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import InputError
+from ..moe.models import MOE_CONFIGS, MOE_MODEL_TYPES
 
 # LlamaConfig's defaults, for keys a config.json leaves out.
 DEFAULTS = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -94,6 +95,11 @@ class Shape:
         return sizes + ([self.head(vocab_multiple)] if not self.tied else [])
 
 
+# The memory and time models count a dense Llama; experts split over --ep and their all_to_all are not in them.
+MOE_NOT_PLANNED = ("a mixture-of-experts model: the planner models dense Llama models only (experts split over --ep "
+                   "and their all_to_all traffic are not modelled yet)")
+
+
 def load_shape(cfg) -> Shape:
     """The shape of the model a TrainConfig names: a preset, a LlamaConfig JSON, or an HF folder's
     config.json (the weights are never read)."""
@@ -102,15 +108,22 @@ def load_shape(cfg) -> Shape:
 
         if cfg.model_config in NAMED_CONFIGS:
             return Shape.from_dict(NAMED_CONFIGS[cfg.model_config])
-        return Shape.from_dict(_read_json(cfg.model_config, "--model_config",
-                                          f"neither a preset ({', '.join(NAMED_CONFIGS)}) nor a JSON file"))
+        raw = MOE_CONFIGS.get(cfg.model_config) or _read_json(
+            cfg.model_config, "--model_config", f"neither a preset ({', '.join(NAMED_CONFIGS)}) nor a JSON file")
+        return Shape.from_dict(_dense(raw, f"--model_config {cfg.model_config}"))
     flag, folder = ("--pretrained", cfg.pretrained) if cfg.pretrained else ("--load_weights_only", cfg.load_weights_only)
     if os.path.isdir(os.path.join(folder, "modeling")):  # a checkpoint's step-N folder
         folder = os.path.join(folder, "modeling")
     raw = _read_json(os.path.join(folder, "config.json"), flag, "no config.json in it; give an HF model folder")
     # A checkpoint's config holds the padded vocabulary; the planner pads for the planned layout itself.
     raw["vocab_size"] = raw.get("unpadded_vocab_size") or raw.get("vocab_size")
-    return Shape.from_dict(raw)
+    return Shape.from_dict(_dense(raw, f"{flag} {folder}"))
+
+
+def _dense(raw: dict, where: str) -> dict:
+    if raw.get("model_type") in MOE_MODEL_TYPES or "num_local_experts" in raw:
+        raise InputError(f"{where}: {MOE_NOT_PLANNED}")
+    return raw
 
 
 def _read_json(path: str, flag: str, missing: str) -> dict:

@@ -40,3 +40,13 @@ def test_text_report_and_a_bad_flag(tmp_path):
     missing = run(["-m", "colossal_hammer.plan", "--pretrained", str(tmp_path / "nope"), "--gpu", "a100-80g"],
                   tmp_path)
     assert missing.returncode == 2 and missing.stderr.startswith("error: --pretrained") and "Traceback" not in missing.stderr
+
+
+def test_moe_runs_are_refused_in_one_line(tmp_path):
+    """The memory and time models count dense models: an MoE model or plugin gets one line, not a wrong plan."""
+    for flags, start in ((["--model_config", "tiny_moe", "--plugin", "zero2"], "error: --model_config tiny_moe: "),
+                         (["--model_config", "tiny_moe", "--plugin", "moe", "--ep", "2"], "error: --plugin moe: ")):
+        proc = run(["-m", "colossal_hammer.plan", *flags, "--gpu", "h100-80g"], tmp_path)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 2 and len(lines) == 1 and lines[0].startswith(start), proc.stderr
+        assert "mixture-of-experts" in lines[0]
