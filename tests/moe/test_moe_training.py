@@ -3,7 +3,6 @@ matches DDP on the same model and data, resumes bit-identically after a SIGKILL 
 folder transformers' MixtralForCausalLM loads; bad combinations are refused in one line; the router's loss
 weights change what is optimised."""
 
-import json
 import math
 
 import pytest
@@ -47,18 +46,19 @@ def by_step(records):
     return {r["step"]: r["loss"] for r in records if not r["skipped"]}
 
 
-# name: (flags, relative tolerance against DDP fp32; as tests/training/test_plugin_matrix.py's bf16 rows)
+# name: (flags, data-parallel size, relative tolerance against DDP fp32 with as many processes as that;
+# as tests/training/test_plugin_matrix.py's bf16 rows)
 CONFIGS = {
-    "moe_ep2_zero1": (["--plugin", "moe", "--ep", "2", "--zero_stage", "1", "--mixed_precision", "bf16"], 1e-3),
-    "moe_tp2": (["--plugin", "moe", "--tp", "2", "--mixed_precision", "bf16"], 1e-3),
-    "zero2": (["--plugin", "zero2", "--mixed_precision", "bf16"], 1e-3),
+    "moe_ep2_zero1": (["--plugin", "moe", "--ep", "2", "--zero_stage", "1", "--mixed_precision", "bf16"], 2, 1e-3),
+    "moe_tp2": (["--plugin", "moe", "--tp", "2", "--mixed_precision", "bf16"], 1, 1e-3),
+    "zero2": (["--plugin", "zero2", "--mixed_precision", "bf16"], 2, 1e-3),
 }
 
 
 @pytest.mark.parametrize("name", [pytest.param(n, marks=() if n == "moe_ep2_zero1" else pytest.mark.slow)
                                   for n in CONFIGS])
 def test_moe_trains_resumes_exports_and_matches_ddp(name, setup, tmp_path):
-    flags, tolerance = CONFIGS[name]
+    flags, dp, tolerance = CONFIGS[name]
     flags = common(setup) + flags
     straight = train(flags + ["--save_dir", tmp_path / "a"], tmp_path / "a-logs")
     records = straight["records"]
@@ -82,7 +82,8 @@ def test_moe_trains_resumes_exports_and_matches_ddp(name, setup, tmp_path):
         optimizer = sorted(p.name for p in (tmp_path / "b" / "step-2" / "optimizer").iterdir())
         assert "rank-0.json" in optimizer and "rank-1.json" in optimizer
 
-    ref = by_step(train(common(setup) + ["--plugin", "ddp", "--mixed_precision", "fp32"], tmp_path / "ddp")["records"])
+    ref = by_step(train(common(setup) + ["--plugin", "ddp", "--mixed_precision", "fp32"], tmp_path / "ddp",
+                        nproc=dp)["records"])
     assert sorted(ref) == sorted(a)
     worst = max(abs(a[s] - ref[s]) / abs(ref[s]) for s in a)
     print(f"\n{name}: {len(a)} steps, largest relative difference to ddp {worst:.2e} (tolerance {tolerance:.0e})")

@@ -14,7 +14,7 @@ def test_help_lists_every_flag():
     for flag in ("--plugin", "--tp", "--pp", "--sp", "--zero_stage", "--sp_mode", "--enable_sequence_parallelism",
                  "--zero_cpu_offload", "--microbatch_size", "--mixed_precision", "--grad_clip",
                  "--accumulation_steps", "--benchmark", "--num_samples", "--model_config", "--pretrained", "--task",
-                 "--dpo_loss", "--beta", "--simpo_gamma"):
+                 "--dpo_loss", "--beta", "--simpo_gamma", "--ep", "--router_aux_loss_coef", "--router_z_loss_coef"):
         assert flag in out.stdout
 
 
