@@ -74,9 +74,11 @@ class RouterLosses:
         return hook
 
     def _reset_sums(self) -> None:
+        # device tensors (and 0.0 until the first micro-step): summed without a host sync until the step's
+        # one all_reduce
         self._aux = 0.0
         self._z = 0.0
-        self._load = torch.zeros(len(self.blocks), self.num_experts, dtype=torch.float64)
+        self._load = 0.0
 
     def loss(self, attention_mask: torch.Tensor, weight: float) -> torch.Tensor:
         """The router term of the micro-batch just forwarded, times `weight` (the weight its LM loss gets)."""
@@ -86,21 +88,22 @@ class RouterLosses:
             raise RuntimeError("a training forward left some MoE layer's router logits unrecorded")
         keep = attention_mask.reshape(-1).to(torch.bool)
         with torch.no_grad():
-            for layer, x in enumerate(logits):
-                picked = torch.topk(x[keep].float(), self.top_k, dim=-1).indices.reshape(-1)
-                self._load[layer] += torch.bincount(picked, minlength=self.num_experts).to("cpu", torch.float64)
+            self._load = self._load + torch.stack([
+                torch.bincount(torch.topk(x[keep].float(), self.top_k, dim=-1).indices.reshape(-1),
+                               minlength=self.num_experts) for x in logits]).double()
         stacked = torch.cat(logits)
         keep_all = keep.repeat(len(logits))
         aux = load_balancing_loss(stacked, keep_all, self.num_experts, self.top_k)
         z = z_loss(stacked, keep_all)
-        self._aux += float(aux.detach()) * weight
-        self._z += float(z.detach()) * weight
+        self._aux = self._aux + aux.detach().double() * weight
+        self._z = self._z + z.detach().double() * weight
         return (self.aux_coef * aux + self.z_coef * z) * weight
 
     def take_sums(self, owner: bool) -> list:
         """This rank's sums since the last call, flat, for the loop's one all_reduce (zeros on a rank whose
         losses do not count, like the LM loss: a tensor-parallel replica of the same tokens)."""
-        sums = [self._aux, self._z, *self._load.reshape(-1).tolist()]
+        load = self._load if torch.is_tensor(self._load) else torch.zeros(len(self.blocks), self.num_experts)
+        sums = [self._aux, self._z, *load.reshape(-1).unbind()]
         self._reset_sums()
         return sums if owner else [0.0] * len(sums)
 
@@ -108,7 +111,7 @@ class RouterLosses:
         """Step-log fields from the summed `take_sums`: the token-weighted mean aux and z losses (each rank's
         share carried the data-parallel factor, as the LM loss's), and the load per layer and expert as a
         fraction of that layer's top-k slots, with its coefficient of variation (0: perfectly even)."""
-        aux, z, *load = totals
+        aux, z, *load = (float(v) for v in totals)
         load = torch.tensor(load, dtype=torch.float64).reshape(len(self.blocks), self.num_experts)
         shares = load / load.sum(1, keepdim=True).clamp(min=1.0)
         cv = load.std(1, unbiased=False) / load.mean(1).clamp(min=1e-12)
