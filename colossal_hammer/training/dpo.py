@@ -230,7 +230,10 @@ class DPOTask:
                 out = t.model(**{k: inputs[k] for k in MODEL_KEYS})
                 loss = faults.corrupt_loss(self._loss_sum(out.logits, inputs, inputs["dpo_labels"]) * scale,
                                            t.attempts)
-            t.booster.backward(loss, t.optimizer)
+                # MoE: the router's terms, weighted as this micro-batch's pairs are (one pair a row)
+                weight = scale * inputs["input_ids"].shape[0]
+                optimised = loss + t.router.loss(inputs["attention_mask"], weight) if t.router else loss
+            t.booster.backward(optimised, t.optimizer)
         return loss.detach()
 
     # ---- the step's metrics ---------------------------------------------------------------------------

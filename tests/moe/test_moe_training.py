@@ -130,6 +130,26 @@ def test_router_coefficients_reach_the_optimizer(tmp_path):
     assert len({records[1]["loss"] for records in runs.values()}) == 3
 
 
+@pytest.mark.slow  # two 2-process runs, about a minute
+def test_dpo_on_a_mixtral_with_experts_split_matches_ddp(tokenizer_dir, tmp_path):
+    """--task dpo optimises the router's terms too: with experts over 2 ranks it starts at ln 2 (the policy is
+    its reference) and follows ddp fp32 on the same pairs."""
+    from tests.training.dpo_data import preference_dataset
+
+    data = preference_dataset(tokenizer_dir, tmp_path / "pairs", pairs=16)
+    flags = ["--pretrained", save_tiny_mixtral(tokenizer_dir, tmp_path / "mixtral"), "--dataset", data,
+             "--task", "dpo", "--max_length", "160", "--seed", "5", "--batch_size", "1", "--accumulation_steps", "2",
+             "--lr", "1e-3", "--save_interval", "0"]
+    moe = train(flags + ["--plugin", "moe", "--ep", "2", "--zero_stage", "1", "--mixed_precision", "bf16"],
+                tmp_path / "moe")["records"]
+    ddp = train(flags + ["--plugin", "ddp", "--mixed_precision", "fp32"], tmp_path / "ddp")["records"]
+    assert abs(moe[0]["loss"] - math.log(2)) < 1e-3 and len(moe) == len(ddp) == 4
+    assert all(r["router_aux_loss"] > 0 and "rewards/accuracy" in r for r in moe)
+    worst = max(abs(a["loss"] - b["loss"]) / b["loss"] for a, b in zip(moe, ddp))
+    print(f"\nDPO on a Mixtral, moe ep2 vs ddp: largest relative difference {worst:.2e}")
+    assert worst < 2e-3
+
+
 @pytest.mark.parametrize("flags, nproc, message", [
     (["--model_config", "tiny", "--plugin", "moe"], 1, "--plugin moe: the model is a dense llama"),
     (["--model_config", "tiny_moe", "--plugin", "3d"], 1, "train MoE models with --plugin moe"),
