@@ -254,6 +254,30 @@ def _patch_gemini_chunks() -> None:
     Chunk.device_type = property(device_type)
 
 
+def _patch_moe_checkpoint_cuda_calls() -> None:
+    """MoECheckpointIO gathers optimizer states (`--optimizer_checkpoint gathered`) after `v.cuda()`
+    (moe_checkpoint.py:284), and its unsharded model save after `param.data.cuda()` (:697): the accelerator's
+    memory, which on a CPU-only host is the host's. Inside those two methods `.cuda()` leaves a tensor where
+    it is; everywhere else it still fails as torch makes it."""
+    import functools
+
+    from colossalai.checkpoint_io.moe_checkpoint import MoECheckpointIO
+
+    def on_host(method):
+        @functools.wraps(method)
+        def wrapper(*args, **kwargs):
+            original = torch.Tensor.cuda
+            torch.Tensor.cuda = lambda self, *a, **k: self
+            try:
+                return method(*args, **kwargs)
+            finally:
+                torch.Tensor.cuda = original
+        return wrapper
+
+    for name in ("gather_from_sharded_optimizer_state", "pre_save_model"):
+        setattr(MoECheckpointIO, name, on_host(getattr(MoECheckpointIO, name)))
+
+
 def activate() -> bool:
     """Install the CPU layer if no CUDA device is present. Idempotent. Returns whether it is active."""
     global _ACTIVE
@@ -270,6 +294,7 @@ def activate() -> bool:
     _patch_low_level_zero_sanity_check()
     _patch_cpu_adam_kernel()
     _patch_gemini_chunks()
+    _patch_moe_checkpoint_cuda_calls()
     host_memory.return_freed_memory()
     _ACTIVE = True
     return True

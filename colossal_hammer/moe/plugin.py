@@ -42,6 +42,9 @@ def refusal(cfg, config, world: int) -> str | None:
     if cfg.ep > 1 and dp > 1 and cfg.zero_stage == 0:
         return (f"--plugin moe --ep {cfg.ep} --zero_stage 0: torch DDP reduces over one group, but experts and the "
                 "rest reduce over different ones; use --zero_stage 1")
+    if cfg.zero_stage > 0 and dp == 1:
+        return ("--plugin moe --zero_stage 1 on one data-parallel rank: ZeRO shards nothing there, and Colossal-AI "
+                "0.5.0 cannot load a gathered MoE optimizer checkpoint into it; use --zero_stage 0")
     if cfg.zero_stage > 0 and cfg.mixed_precision == "fp32":
         return "--plugin moe --zero_stage 1 trains in fp16 or bf16 only; use --mixed_precision bf16"
     if cfg.zero_cpu_offload and cfg.zero_stage == 0:

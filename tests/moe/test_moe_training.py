@@ -130,6 +130,19 @@ def test_router_coefficients_reach_the_optimizer(tmp_path):
     assert len({records[1]["loss"] for records in runs.values()}) == 3
 
 
+@pytest.mark.slow  # two 2-process runs
+def test_gathered_checkpoint_resumes_on_another_expert_layout(tmp_path):
+    """--optimizer_checkpoint gathered: experts saved from 2 expert-parallel ranks resume on ep 1 (every rank
+    holds every expert) with the loss the uninterrupted ep 2 run had."""
+    flags = ["--model_config", "tiny_moe", "--benchmark", "--num_samples", "16", "--max_length", "64",
+             "--batch_size", "2", "--plugin", "moe", "--zero_stage", "1", "--max_steps", "3", "--save_interval", "2",
+             "--optimizer", "adamw", "--optimizer_checkpoint", "gathered"]
+    ep2 = train(flags + ["--ep", "2", "--save_dir", tmp_path / "a"], tmp_path / "a-logs")["records"]
+    ep1 = train(flags + ["--ep", "1", "--load_checkpoint", tmp_path / "a" / "step-2"], tmp_path / "b-logs")
+    assert ep1["info"]["start_step"] == 2 and ep1["info"]["ep_size"] == 1
+    assert ep1["records"][-1]["loss"] == pytest.approx(ep2[-1]["loss"], rel=1e-6)
+
+
 @pytest.mark.slow  # two 2-process runs, about a minute
 def test_dpo_on_a_mixtral_with_experts_split_matches_ddp(tokenizer_dir, tmp_path):
     """--task dpo optimises the router's terms too: with experts over 2 ranks it starts at ln 2 (the policy is
@@ -155,6 +168,7 @@ def test_dpo_on_a_mixtral_with_experts_split_matches_ddp(tokenizer_dir, tmp_path
     (["--model_config", "tiny_moe", "--plugin", "3d"], 1, "train MoE models with --plugin moe"),
     (["--model_config", "tiny_moe", "--plugin", "moe", "--ep", "2", "--zero_stage", "2"], 1, "use --zero_stage 1"),
     (["--model_config", "tiny_moe", "--plugin", "ddp", "--ep", "2"], 1, "above 1 only with --plugin moe"),
+    (["--model_config", "tiny_moe", "--plugin", "moe", "--zero_stage", "1"], 1, "ZeRO shards nothing there"),
     (["--model_config", "tiny_moe", "--plugin", "moe", "--ep", "4", "--zero_stage", "1"], 2,
      "must divide the data-parallel size 2"),
     (["--model_config", "tiny_moe", "--plugin", "moe", "--ep", "2"], 2, "use --zero_stage 1"),
