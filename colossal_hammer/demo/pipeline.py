@@ -12,8 +12,10 @@ how long it has run and about how long is left, and train.py's progress bar):
  3. init_embeddings for the new vocabulary;
  4. prepare_pretrain_dataset.py (Chinese news by category + English replay), prepare_sft_dataset.py;
  5. stage 1 (embeddings and lm_head only) → stage 2 (full) → SFT with NEFTune → the same SFT with LoRA
-    adapters → DPO on the SFT model (right vs wrong category on unseen headlines; demo/post_training.py),
-    every training run scoring held-out Chinese and English as it goes (train.py --eval_dataset);
+    adapters → DPO on the SFT model (right vs wrong category on unseen headlines; demo/post_training.py) →
+    stage 2 continued a few steps more, dense beside upcycled to a 4-expert MoE trained with expert
+    parallelism (demo/upcycling.py), every training run scoring held-out Chinese and English as it goes
+    (train.py --eval_dataset);
  6. export each stage, bits per byte on held-out Chinese and English, inference_example.py, category
     accuracy on held-out headlines (demo/accuracy.py);
  7. report.md + loss curves, held-out curves through all stages and bits-per-byte plots.
@@ -35,6 +37,7 @@ from pathlib import Path
 from ..errors import check_output, run_cli
 from .post_training import PostTraining
 from .progress import Progress, relay
+from .upcycling import Upcycling
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -70,6 +73,8 @@ SCALES = {
 #   run's figures divided by that load (3.4) and scaled by data size; the rest split over the four
 #   training runs in proportion to their steps (400/100/600/100), each with ~25 s of start-up.
 #   sft lora, dpo, accuracy: their seconds in a 1,145 s full run, scaled by sft's and evaluate's there.
+# continue dense/moe (demo/upcycling.py): test: their share (15 %) of a 618 s test run; full: estimated from
+#   stage 2's pace (an MoE step ~2.2 dense ones here) plus start-up; evaluate grown by their two evaluations.
 STAGES = {
     "corpus": "texts from installed packages",
     "base model": "an English tokenizer and a small Llama pretrained on English",
@@ -80,6 +85,8 @@ STAGES = {
     "sft": "train on Q/A conversations with NEFTune",
     "sft lora": "the same SFT with LoRA adapters, then export merged",
     "dpo": "DPO on the SFT model: right vs wrong category on unseen headlines",
+    "continue dense": "stage 2's model, a few steps more on its data (zero2)",
+    "continue moe": "stage 2 upcycled to 4 experts (top-2), the same steps with --plugin moe --ep 2",
     "export": "export each stage as an HF folder",
     "evaluate": "bits per byte on held-out text, inference_example.py",
     "accuracy": "category accuracy on held-out headlines; LoRA figures",
@@ -87,9 +94,11 @@ STAGES = {
 }
 WEIGHTS = {
     "test": {"corpus": 1, "base model": 75, "tokenizer": 42, "datasets": 14, "stage 1": 40, "stage 2": 70,
-             "sft": 40, "sft lora": 45, "dpo": 70, "export": 57, "evaluate": 186, "accuracy": 65, "report": 5},
+             "sft": 40, "sft lora": 45, "dpo": 70, "continue dense": 38, "continue moe": 75, "export": 57,
+             "evaluate": 250, "accuracy": 65, "report": 5},
     "full": {"corpus": 1, "base model": 200, "tokenizer": 18, "datasets": 18, "stage 1": 65, "stage 2": 275,
-             "sft": 65, "sft lora": 56, "dpo": 204, "export": 17, "evaluate": 120, "accuracy": 82, "report": 2},
+             "sft": 65, "sft lora": 56, "dpo": 204, "continue dense": 50, "continue moe": 85, "export": 17,
+             "evaluate": 150, "accuracy": 82, "report": 2},
 }
 
 
@@ -178,15 +187,17 @@ class Demo:
         self.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", self.last_step("base"),
                  "--output_dir", self.out / "models" / "base", "--tokenizer_dir", tok_dir)
 
-    def train(self, name: str, source: list, datasets, steps: int, lr: float, *extra, heldout: Path = None) -> None:
-        """One training run, scoring the held-out text (prepared with this run's tokenizer) 5 times as it goes."""
+    def train(self, name: str, source: list, datasets, steps: int, lr: float, *extra, heldout: Path = None,
+              plugin: tuple = None, eval_interval: int = None) -> None:
+        """One training run (on zero2 unless `plugin` gives other flags), scoring the held-out text (prepared
+        with this run's tokenizer) 5 times as it goes (or every `eval_interval` steps)."""
         datasets = datasets if isinstance(datasets, (list, tuple)) else [datasets]
-        self.torchrun(*source, "--dataset", *datasets, "--plugin", "zero2", "--max_length", self.s.seq,
+        self.torchrun(*source, "--dataset", *datasets, *(plugin or ("--plugin", "zero2")), "--max_length", self.s.seq,
                       "--batch_size", 4, "--num_epochs", 100, "--max_steps", steps, "--lr", lr, "--warmup_steps",
                       max(1, steps // 20), "--save_interval", 0, "--save_dir", self.out / "ckpt" / name,
                       "--tensorboard_dir", self.out / "logs" / name,
                       "--eval_dataset", f"heldout={heldout or self.out / 'data' / 'heldout'}", "--eval_interval",
-                      max(1, steps // 5), "--eval_max_tokens", self.s.eval_max_tokens, *extra)
+                      eval_interval or max(1, steps // 5), "--eval_max_tokens", self.s.eval_max_tokens, *extra)
 
     def last_step(self, name: str) -> Path:
         steps = sorted((self.out / "ckpt" / name).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))
@@ -240,7 +251,7 @@ class Demo:
     def evaluate(self) -> dict:
         c = self.out / "corpus"
         results = {}
-        for name in ("base", "stage1", "stage2", "sft"):
+        for name in ("base", "stage1", "stage2", "sft", "continue_dense", "continue_moe"):
             out = self.out / f"eval_{name}.json"
             self.run(sys.executable, "-m", "colossal_hammer.eval.perplexity", "--model", self.out / "models" / name,
                      "--data", f"{c / 'heldout_zh.jsonl'},{c / 'heldout_en.jsonl'}", "--max_length", self.s.seq,
@@ -296,7 +307,7 @@ class Demo:
         for i, lang in enumerate(("zh", "en")):
             axes[2].bar([x + 0.4 * i for x in range(len(names))], [results[n][lang] for n in names], width=0.4,
                         label=f"held-out {lang}")
-        axes[2].set_xticks([x + 0.2 for x in range(len(names))], names)
+        axes[2].set_xticks([x + 0.2 for x in range(len(names))], names, rotation=20, fontsize=8)
         axes[2].set(title="bits per byte of each export (lower is better)")
         axes[2].legend()
         fig.tight_layout()
@@ -340,6 +351,8 @@ figures run a little apart from the exports' above). The middle plot shows them 
 
 {self.post.markdown(results) if hasattr(self, "post") else ""}
 
+{self.upcycling.markdown(results) if hasattr(self, "upcycling") else ""}
+
 ## Commands run
 
 {steps}
@@ -358,10 +371,12 @@ def run_demo(out: Path, scale: str) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     demo = Demo(out, SCALES[scale])
     demo.post = PostTraining(demo, scale)
+    demo.upcycling = Upcycling(demo, scale)
     progress = Progress(WEIGHTS[scale])
     steps = {"corpus": demo.corpus, "base model": demo.base, "tokenizer": demo.extend, "datasets": demo.datasets,
              "stage 1": demo.stage1, "stage 2": demo.stage2, "sft": demo.sft, "sft lora": demo.post.sft_lora,
-             "dpo": demo.post.dpo, "export": demo.export}
+             "dpo": demo.post.dpo, "continue dense": demo.upcycling.dense, "continue moe": demo.upcycling.moe,
+             "export": demo.export}
     for name, step in steps.items():
         progress.stage(name, STAGES[name])
         step()
@@ -373,8 +388,10 @@ def run_demo(out: Path, scale: str) -> dict:
     demo.report(results)
     print(f"\nbits per byte on held-out text: {json.dumps(results)}")
     results.update(demo.post.figures)  # accuracy, dpo, lora (after the report: its table reads only stages)
+    results["moe"] = demo.upcycling.figures
     print(f"category accuracy on held-out headlines: {json.dumps(demo.post.figures['accuracy'])}")
     print(f"LoRA SFT: {json.dumps(demo.post.figures['lora'])}")
+    print(f"MoE continuation: {json.dumps({k: v for k, v in demo.upcycling.figures.items() if k != 'expert_load'})}")
     print(f"report: {out / 'report.md'} ({progress.finish():.0f} s in all)")
     print(f"talk to the SFT model (page on http://127.0.0.1:8000/, OpenAI API on /v1):\n"
           f"  {serve_command(out / 'models' / 'sft')}")

@@ -1,9 +1,14 @@
-"""The quick start at reduced size: Chinese learned, English kept, every stage exports and loads."""
+"""The quick start at reduced size: Chinese learned, English kept, every stage exports and loads (the
+upcycled MoE continuation as a Mixtral)."""
 
-from transformers import AutoModelForCausalLM, AutoTokenizer
+import json
+import math
+
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
 from colossal_hammer.demo.pipeline import SCALES, Demo
 from colossal_hammer.demo.pipeline import main as demo_main
+from colossal_hammer.demo.upcycling import STEPS as UPCYCLING_STEPS
 
 
 def test_quick_start_at_test_scale(tmp_path, capsys):
@@ -13,7 +18,7 @@ def test_quick_start_at_test_scale(tmp_path, capsys):
         in capsys.readouterr().out
     assert results["stage2"]["zh"] < results["base"]["zh"]
     assert results["stage2"]["en"] <= 1.10 * results["base"]["en"]
-    for stage in ("base", "stage1", "stage2", "sft", "sft_lora", "dpo"):
+    for stage in ("base", "stage1", "stage2", "sft", "sft_lora", "dpo", "continue_dense", "continue_moe"):
         folder = tmp_path / "demo" / "models" / stage
         model = AutoModelForCausalLM.from_pretrained(folder)
         assert model.get_input_embeddings().weight.shape[0] == len(AutoTokenizer.from_pretrained(folder))
@@ -46,3 +51,28 @@ def test_quick_start_at_test_scale(tmp_path, capsys):
     assert 0 < lora["adapter_bytes"] < 0.2 * lora["full_model_bytes"]
     assert lora["zh"] > 0 and lora["en"] > 0
     assert "## SFT with LoRA adapters" in report
+
+    # sparse upcycling: stage 2 continued dense and as a 4-expert Mixtral on the same tokens, both scored
+    for name in ("continue_dense", "continue_moe"):
+        assert all(math.isfinite(results[name][lang]) and results[name][lang] > 0 for lang in ("zh", "en"))
+        assert f"| {name} |" in report
+    moe = results["moe"]
+    assert moe["steps"] == UPCYCLING_STEPS["test"]
+    assert moe["tokens"]["continue_moe"] == moe["tokens"]["continue_dense"] > 0
+    assert math.isfinite(moe["router_aux_loss"]) and moe["router_aux_loss"] > 0
+    assert math.isfinite(moe["expert_load_cv"]) and moe["expert_load_cv"] >= 0
+    assert len(moe["expert_load"]) == SCALES["test"].layers
+    assert all(len(row) == 4 and abs(sum(row) - 1) < 1e-3 for row in moe["expert_load"])
+    # the dense run trained on the demo's plugin, the MoE one with expert parallelism over both processes
+    info = {name: json.loads((tmp_path / "demo" / "logs" / name / "run_info.json").read_text())
+            for name in ("continue_dense", "continue_moe")}
+    assert info["continue_dense"]["plugin_class"] == "LowLevelZeroPlugin"
+    assert info["continue_moe"]["plugin_class"] == "MoeHybridParallelPlugin" and info["continue_moe"]["ep_size"] == 2
+    assert moe["params"]["continue_dense"] < moe["moe_active_params"] < moe["params"]["continue_moe"]
+    folder = tmp_path / "demo" / "models" / "continue_moe"
+    config = AutoConfig.from_pretrained(folder)
+    assert (config.model_type, config.num_local_experts, config.num_experts_per_tok) == ("mixtral", 4, 2)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert type(model).__name__ == "MixtralForCausalLM"
+    assert AutoConfig.from_pretrained(tmp_path / "demo" / "models" / "continue_dense").model_type == "llama"
+    assert "## Sparse upcycling: stage 2 continued as a 4-expert MoE" in report
