@@ -27,8 +27,11 @@ ssh-server:
 		{ apt-get update -qq -o DPkg::Lock::Timeout=300 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq -o DPkg::Lock::Timeout=300 --no-install-recommends \
 		openssh-server >/dev/null; }
 
+# make's own variables stay out of the tests: `make test PYTEST_ARGS=...` exports MAKEOVERRIDES, whose value
+# holds "${-*-command-variables-*-}", and `colossalai run` re-exports every variable inside double quotes,
+# where bash refuses that substitution (the README's colossalai examples then fail under make alone).
 test: setup ssh-server browser
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	env -u MAKEOVERRIDES -u MAKEFLAGS -u MFLAGS $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The chat page's test drives Debian's headless chromium through chromium-driver. Installed here when missing
 # and we are root with apt (CI); elsewhere the test says why it skips.

@@ -47,7 +47,9 @@ def logits(model, vocab):
 
 # zero2 runs by default (per-rank optimizer files, fp32 masters of bf16 adapters); ddp's path is the export
 # test's, its resume a slow test
-@pytest.mark.parametrize("plugin, precision", [("zero2", "bf16"), pytest.param("ddp", "fp32", marks=pytest.mark.slow)])
+# each case is four 2-process runs; the adapters' export, merge and DPO tests below run by default
+@pytest.mark.parametrize("plugin, precision", [pytest.param("zero2", "bf16", marks=pytest.mark.slow),
+                                               pytest.param("ddp", "fp32", marks=pytest.mark.slow)])
 def test_lora_trains_adapters_only_and_resumes_exactly(plugin, precision, setup, tmp_path):
     common = flags(setup, "--plugin", plugin, "--mixed_precision", precision, "--max_steps", "4",
                    "--save_interval", "2")

@@ -13,7 +13,10 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(CASES))
+# ddp (no_sync) and pipeline (one execute_pipeline a step) by default; ZeRO-2's and Gemini's own
+# accumulation buffers with the slow tests
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in ("ddp", "3d_pp2") else pytest.mark.slow)
+                                  for n in sorted(CASES)])
 def test_accumulation_matches_bigger_batch(name, tmp_path):
     flags, precision, tol = CASES[name]
     # pp=2 has a single data-parallel replica: it takes the global batch (4) on that replica.

@@ -55,7 +55,10 @@ def eval_flags(setup):
             "--eval_interval", "2", "--eval_max_tokens", str(MAX_TOKENS)]
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+# ddp and the pipeline path (execute_pipeline without an optimizer) by default; zero2 and gemini with the
+# slow tests
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in ("ddp", "3d_pp2") else pytest.mark.slow)
+                                  for n in CONFIGS])
 def test_eval_leaves_training_alone_and_matches_perplexity(name, setup, tmp_path):
     env = SHARDED_GEMINI if name == "gemini" else {}
     args = flags(setup) + CONFIGS[name]

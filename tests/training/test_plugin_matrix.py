@@ -77,7 +77,12 @@ def by_step(records):
     return {r["step"]: r["loss"] for r in records if not r["skipped"]}
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
+# Run by default: one plugin of each kind the others build on. The rest go with the slow tests (about a minute
+# each on the shared CI machine): ddp and zero2 resume in test_resume.py, sharded Gemini in test_gemini_sharded.py.
+DEFAULT = ("zero2", "3d_tp2", "3d_pp2")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=() if n in DEFAULT else pytest.mark.slow) for n in CONFIGS])
 def test_plugin_trains_skips_resumes_and_matches_ddp(name, setup, tmp_path):
     flags, world, dp, tolerance = CONFIGS[name]
     flags = common(setup) + flags
