@@ -103,8 +103,8 @@ def upcycle(model_dir: str, output_dir: str, num_experts: int = 8, top_k: int = 
         copied = copy_tokenizer_files(dense_dir, output_dir)
     total = sum(e.nbytes for e in entries) // target.itemsize
     return {"output_dir": output_dir, "num_experts": num_experts, "top_k": top_k, "params": total,
-            "active_params": moe_models.active_params(config, total), "dtype": str(target).replace("torch.", ""), "weight_files": files,
-            "tokenizer_files": copied}
+            "active_params": moe_models.active_params(config, total), "dtype": str(target).replace("torch.", ""),
+            "weight_files": files, "tokenizer_files": copied}
 
 
 def main(argv: Optional[list] = None) -> dict:

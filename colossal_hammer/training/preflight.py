@@ -90,6 +90,10 @@ def check_same_run(path: str, cfg: TrainConfig) -> None:
         fail(f"{path} holds the optimizer states of each of {saved_world} processes (--optimizer_checkpoint "
              f"per_rank); resume it with {saved_world} processes, or start a new stage from its weights with "
              f"--load_weights_only {path}")
+    if has_rank_optimizer(os.path.join(path, "optimizer")) and saved.get("ep") != current.get("ep"):
+        # each rank's file holds the states of its own experts: another split reads another rank's
+        fail(f"{path} holds each rank's optimizer states for --ep {saved.get('ep')} (--optimizer_checkpoint "
+             f"per_rank); resume it with --ep {saved.get('ep')} (a gathered checkpoint resumes on another --ep)")
     changed = [k for k in LAYOUT_KEYS if saved.get(k) != current.get(k)]
     if changed:
         was = " ".join(f"--{k} {saved.get(k)}" for k in changed)

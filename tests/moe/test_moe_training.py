@@ -81,6 +81,11 @@ def test_moe_trains_resumes_exports_and_matches_ddp(name, setup, tmp_path):
     if name == "moe_ep2_zero1":
         optimizer = sorted(p.name for p in (tmp_path / "b" / "step-2" / "optimizer").iterdir())
         assert "rank-0.json" in optimizer and "rank-1.json" in optimizer
+        # each rank's file holds its own experts' states: another expert split is refused, in one line
+        other = launch(common(setup) + ["--plugin", "moe", "--ep", "1", "--zero_stage", "1", "--mixed_precision",
+                                        "bf16", "--load_checkpoint", tmp_path / "b" / "step-2"], tmp_path / "c")
+        errors = [line for line in other.stdout.splitlines() if line.startswith("error:")]
+        assert other.returncode != 0 and len(errors) == 1 and "resume it with --ep 2" in errors[0], other.stdout[-3000:]
 
     ref = by_step(train(common(setup) + ["--plugin", "ddp", "--mixed_precision", "fp32"], tmp_path / "ddp",
                         nproc=dp)["records"])
