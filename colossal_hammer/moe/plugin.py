@@ -14,8 +14,6 @@ from .models import is_moe
 def refusal(cfg, config, world: int) -> str | None:
     """Why this run cannot go on `--plugin moe` (or this MoE model on another plugin), or None."""
     moe = is_moe(config)
-    if moe and cfg.lora_rank:
-        return "--lora_rank on an MoE model: adapters for experts and routers are not supported yet"
     if cfg.plugin != "moe":
         if moe and cfg.plugin == "3d":
             return ("--plugin 3d: its shardformer policy for Mixtral needs an expert-parallel group; train MoE models "

@@ -168,12 +168,37 @@ def test_dpo_on_a_mixtral_with_experts_split_matches_ddp(tokenizer_dir, tmp_path
     assert worst < 2e-3
 
 
+def test_lora_on_a_mixtral_trains_adapters_and_merges(setup, tmp_path):
+    """Adapters on attention and every expert (w1, w2, w3) of a Mixtral under zero2; the routers stay frozen but
+    their aux loss still reaches the adapters. The merged export is a Mixtral."""
+    from transformers import AutoModelForCausalLM, MixtralForCausalLM
+
+    from colossal_hammer.model.export import main as export_main
+
+    run = train(["--pretrained", setup["model"], "--dataset", setup["data"], "--max_length", "192", "--batch_size", "2",
+                 "--plugin", "zero2", "--mixed_precision", "bf16", "--lr", "2e-3", "--seed", "5", "--max_steps", "3",
+                 "--lora_rank", "4", "--lora_target_modules", "q_proj,v_proj,w1,w2,w3", "--save_interval", "0",
+                 "--save_dir", tmp_path / "ckpt"], tmp_path / "logs")
+    assert run["info"]["trainable_params"] < run["info"]["num_params"] / 5
+    assert all(math.isfinite(r["loss"]) and r["router_aux_loss"] > 0 for r in run["records"])
+    export_main(["--checkpoint", str(tmp_path / "ckpt" / "step-3"), "--output_dir", str(tmp_path / "merged"),
+                 "--merge_lora", "--base_model", setup["model"], "--dtype", "fp32"])
+    merged = AutoModelForCausalLM.from_pretrained(tmp_path / "merged", torch_dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(setup["model"], torch_dtype=torch.float32)
+    assert isinstance(merged, MixtralForCausalLM)
+    expert = "model.layers.0.block_sparse_moe.experts.3.w2.weight"
+    router = "model.layers.0.block_sparse_moe.gate.weight"
+    assert not torch.equal(merged.state_dict()[expert], base.state_dict()[expert])  # the adapter merged in
+    assert torch.equal(merged.state_dict()[router], base.state_dict()[router])  # frozen
+
+
 @pytest.mark.parametrize("flags, nproc, message", [
     (["--model_config", "tiny", "--plugin", "moe"], 1, "--plugin moe: the model is a dense llama"),
     (["--model_config", "tiny_moe", "--plugin", "3d"], 1, "train MoE models with --plugin moe"),
     (["--model_config", "tiny_moe", "--plugin", "moe", "--ep", "2", "--zero_stage", "2"], 1, "use --zero_stage 1"),
     (["--model_config", "tiny_moe", "--plugin", "ddp", "--ep", "2"], 1, "above 1 only with --plugin moe"),
     (["--model_config", "tiny_moe", "--plugin", "moe", "--zero_stage", "1"], 1, "ZeRO shards nothing there"),
+    (["--model_config", "tiny_moe", "--plugin", "moe", "--lora_rank", "4"], 1, "--lora_rank under --plugin moe"),
     pytest.param(["--model_config", "tiny_moe", "--plugin", "moe", "--ep", "4", "--zero_stage", "1"], 2,
                  "must divide the data-parallel size 2", marks=pytest.mark.slow),
     (["--model_config", "tiny_moe", "--plugin", "moe", "--ep", "2"], 2, "use --zero_stage 1"),
