@@ -12,7 +12,7 @@ from torch.utils.data import DataLoader
 from ..data.loader import BinnedDataset, BucketSampler, IndexedDataset, PackedCollator
 from ..data.random_data import RandomTokenDataset
 from ..errors import InputError
-from ..model.build import build_model, unpadded_vocab_size
+from ..model.build import build_model
 from ..model.folders import hf_folder_of
 from ..model.doc_attention import DocumentAttention
 from ..model.doc_attention import install as install_document_attention
@@ -48,11 +48,6 @@ def model_config_of(cfg: TrainConfig):
         return AutoConfig.from_pretrained(weights_dir)
     except (OSError, ValueError, KeyError) as e:
         raise SystemExit(f"error: --pretrained {weights_dir}/config.json: {e}") from None
-
-
-def model_vocab_size(cfg: TrainConfig) -> int:
-    """The tokenizer's vocabulary the model is built for (before any tensor-parallel padding)."""
-    return unpadded_vocab_size(model_config_of(cfg))
 
 
 def tokenizer_folder(weights_dir: Optional[str]) -> Optional[str]:

@@ -37,7 +37,7 @@ from . import faults, preflight, step_guard
 from .checkpoint import Checkpointer
 from ..model.doc_attention import attention_pairs
 from .components import (attention_implementation, document_attention, eval_tokenizer, make_data, make_model,
-                         make_optimizer, model_config_of, model_vocab_size, tokenizer_folder, weights_source)
+                         make_optimizer, model_config_of, tokenizer_folder, weights_source)
 from .config import TrainConfig
 from .dpo import DPOTask
 from .metrics import MetricsLogger, peak_tflops, training_flops
@@ -59,7 +59,8 @@ class Trainer:
         colossalai.launch_from_torch(seed=cfg.seed, verbose=False)
         self.device = get_accelerator().get_current_device()
         self.rank = dist.get_rank()
-        self.plugin = build_plugin(cfg, model_config_of(cfg))
+        hf_config = model_config_of(cfg)  # read once: the plugin checks it, preflight takes its vocabulary
+        self.plugin = build_plugin(cfg, hf_config)
         self.layout = layout_of(self.plugin)
         precision = precision_plan(self.plugin, cfg, self.device.type)
         if cfg.use_flash_attn and attention_implementation(cfg) != "flash_attention_2" and self.rank == 0:
@@ -69,7 +70,8 @@ class Trainer:
         self.booster = Booster(plugin=self.plugin, mixed_precision=precision.booster_precision)
         lora.check(cfg, self.device.type == "cuda")
         self.clip_here = precision.clip_in_loop
-        start = preflight.agreed(lambda: preflight.before_start(cfg, model_vocab_size(cfg), eval_tokenizer(cfg)))
+        start = preflight.agreed(
+            lambda: preflight.before_start(cfg, unpadded_vocab_size(hf_config), eval_tokenizer(cfg)))
 
         lazy = LazyInitContext(default_device=self.device) if precision.lazy_init else None
         model = make_model(cfg, DTYPES[precision.model_dtype], lazy)
