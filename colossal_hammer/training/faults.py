@@ -1,13 +1,15 @@
 """Fault injection for tests of crash safety and the bad-step guard, off unless asked for.
 
-COLOSSAL_HAMMER_FAULTS="kill_mid_save@8,nan_loss@3,nan_grad@5" makes this process group die by SIGKILL
-halfway through writing the step-8 checkpoint, makes the loss of this process's 3rd step attempt NaN
-(and so its gradients), and gives the 5th attempt NaN gradients behind a finite loss. Real signals, real
+COLOSSAL_HAMMER_FAULTS="kill_mid_save@8,nan_loss@3,nan_grad@5,hang@2" makes this process group die by
+SIGKILL halfway through writing the step-8 checkpoint, makes the loss of this process's 3rd step attempt NaN
+(and so its gradients), gives the 5th attempt NaN gradients behind a finite loss, and makes the 2nd attempt
+hang for an hour (a run that is still going, for the tests of what a second launch does meanwhile). Real signals, real
 files, real NaNs through the plugin's backward: the tests then check what a user would find.
 """
 
 import os
 import signal
+import time
 
 import torch
 
@@ -19,6 +21,11 @@ def _faults() -> set:
 def kill_if(name: str, step: int) -> None:
     if f"{name}@{step}" in _faults():
         os.killpg(os.getpgrp(), signal.SIGKILL)
+
+
+def hang_if(name: str, attempt: int) -> None:
+    if f"{name}@{attempt}" in _faults():
+        time.sleep(3600)
 
 
 class _NaNGradient(torch.autograd.Function):
