@@ -2,7 +2,8 @@
 
 SAVE_DIR/step-N/
   modeling/            weights (safetensors, HF names) + config.json + the tokenizer when known; with
-                       --lora_rank peft's adapter folder instead (adapters + modules_to_save, naming its base)
+                       --lora_rank peft's adapter folder instead (adapters + modules_to_save, naming its base
+                       and, in base_model.json, the SHA-256 of the base's weights)
   optimizer/           ddp: the Booster's optimizer files (rank 0's copy; every rank holds the same).
                        zero2, zero2_cpu, gemini, 3d: rank-R-*.safetensors + rank-R.json, the states each
                        rank owns, written by that rank (rank_files.py: nothing is gathered)
@@ -13,14 +14,14 @@ SAVE_DIR/step-N/
   master/gemini-rank-R-*.safetensors  the same for Gemini: this rank's shard of every fp32 master chunk
   reference_logps.safetensors  DPO only: the frozen reference log-probs of every pair (training/dpo.py)
   running_states.json  step, epoch, sampler state, data-parallel size, and the run's settings
-  files.json           every file above with its size, written last
+  files.json           every file above with its size and SHA-256, written last
 
 Weights and every per-rank file are cut into files of at most --checkpoint_shard_size MB.
 Every rank writes into SAVE_DIR/.tmp-step-N/ and rank 0 renames it to step-N only after all have
 finished, so a step-N folder is complete by construction; a run killed mid-save leaves a .tmp folder
 that `--resume auto` ignores. A step-N damaged afterwards (a truncated or deleted file, a copy that
-stopped halfway) is found by `checkpoint_problem` against files.json and the safetensors headers, and
-`--resume auto` falls back to the previous good one. Nothing here is unpickled: JSON, safetensors, and the Booster's
+stopped halfway, bytes overwritten in place) is found by `checkpoint_problem` against files.json's sizes and
+content hashes and the safetensors headers, and `--resume auto` falls back to the previous good one. Nothing here is unpickled: JSON, safetensors, and the Booster's
 optimizer files, which torch >= 2.6 loads with weights_only=True.
 """
 
@@ -38,6 +39,7 @@ import torch
 import torch.distributed as dist
 
 from ..adapters import lora
+from ..digest import sha256_of_files
 from ..tokenizer.files import copy_tokenizer_files
 from . import faults
 from .rank_files import has_rank_optimizer, load_optimizer, read_tensors, save_optimizer, save_tensors
@@ -80,23 +82,25 @@ def _safetensors_problem(path: str) -> Optional[str]:
 
 
 def checkpoint_problem(path: str) -> Optional[str]:
-    """Why the step-N folder at `path` cannot be resumed, or None if it is complete."""
+    """Why the step-N folder at `path` cannot be resumed, or None if it is complete and unchanged since its save."""
     try:
         _read_json(os.path.join(path, "running_states.json"))
     except (OSError, ValueError) as e:
         return f"running_states.json unreadable ({e.__class__.__name__})"
     listing = os.path.join(path, FILES)
+    expected = {}
     if os.path.isfile(listing):
         try:
-            expected = _read_json(listing)
-        except (OSError, ValueError):
+            expected = {rel: entry if isinstance(entry, dict) else {"size": entry}  # older: sizes only
+                        for rel, entry in _read_json(listing).items()}
+        except (OSError, ValueError, AttributeError):
             return f"{FILES} unreadable"
-        for rel, size in expected.items():
+        for rel, entry in expected.items():
             file = os.path.join(path, rel)
             if not os.path.isfile(file):
                 return f"{rel} is missing"
-            if os.path.getsize(file) != size:
-                return f"{rel} has {os.path.getsize(file)} bytes, {size} were written"
+            if os.path.getsize(file) != entry["size"]:
+                return f"{rel} has {os.path.getsize(file)} bytes, {entry['size']} were written"
     for sub in ("modeling", "optimizer"):
         if not os.path.isdir(os.path.join(path, sub)) or not os.listdir(os.path.join(path, sub)):
             return f"{sub}/ is missing or empty"
@@ -104,6 +108,11 @@ def checkpoint_problem(path: str) -> Optional[str]:
         for name in names:
             if name.endswith(".safetensors") and (problem := _safetensors_problem(os.path.join(root, name))):
                 return f"{os.path.relpath(os.path.join(root, name), path)}: {problem}"
+    hashed = {rel: entry["sha256"] for rel, entry in expected.items() if "sha256" in entry}
+    digests = sha256_of_files(os.path.join(path, rel) for rel in hashed)
+    for rel, digest in hashed.items():
+        if digests[os.path.join(path, rel)] != digest:
+            return f"{rel}: its content changed since it was saved (SHA-256 differs)"
     return None
 
 
@@ -117,13 +126,11 @@ def newest_good_checkpoint(save_dir: str, report=print) -> Optional[str]:
     return None
 
 
-def _file_sizes(folder: str) -> dict:
-    sizes = {}
-    for root, _, names in os.walk(folder):
-        for name in names:
-            path = os.path.join(root, name)
-            sizes[os.path.relpath(path, folder)] = os.path.getsize(path)
-    return dict(sorted(sizes.items()))
+def _file_listing(folder: str) -> dict:
+    """{relative path: {size, sha256}} of every file under folder."""
+    paths = sorted(os.path.join(root, name) for root, _, names in os.walk(folder) for name in names)
+    digests = sha256_of_files(paths)
+    return {os.path.relpath(p, folder): {"size": os.path.getsize(p), "sha256": digests[p]} for p in paths}
 
 
 def rng_state() -> dict:
@@ -163,9 +170,9 @@ def _read_json(path: str):
 class Checkpointer:
     def __init__(self, booster, save_dir: str, keep_last: int = 0, tokenizer_dir: Optional[str] = None,
                  chat_template: Optional[str] = None, shard_size_mb: float = 1024, per_rank_optimizer: bool = True,
-                 adapter_base: Optional[str] = None):
+                 adapter_base: Optional[dict] = None):
         self.booster = booster
-        self.adapter_base = adapter_base  # LoRA: modeling/ holds the adapters of the weights in this folder
+        self.adapter_base = adapter_base  # LoRA: modeling/ holds the adapters of this base (lora.base_record)
         self.shard_size_mb = shard_size_mb
         self.per_rank_optimizer = per_rank_optimizer  # False for ddp, whose ranks hold the same states
         self.save_dir = save_dir
@@ -209,7 +216,7 @@ class Checkpointer:
                         {**running_states, "step": step, "world_size": dist.get_world_size()})
         dist.barrier()
         if self.rank == 0:
-            _write_json(os.path.join(tmp, FILES), _file_sizes(tmp))
+            _write_json(os.path.join(tmp, FILES), _file_listing(tmp))
             shutil.rmtree(final, ignore_errors=True)
             os.rename(tmp, final)
             self._prune()

@@ -17,6 +17,7 @@ import torch.distributed as dist
 
 from .checkpoint import checkpoint_problem, complete_checkpoints, newest_good_checkpoint, our_folders
 from .config import TrainConfig
+from . import run_lock
 from .rank_files import has_rank_optimizer
 
 # Settings a checkpoint cannot be resumed across: the model it started from (which stage it is), and the
@@ -27,6 +28,8 @@ STAGE_KEYS = ("pretrained", "model_config", "load_weights_only", "freeze_non_emb
 # checkpoint counts as its default there (a checkpoint from before --task existed is "lm").
 LAYOUT_KEYS = ("plugin", "tp", "pp", "sp", "sp_mode", "zero_stage", "mixed_precision", "optimizer", "lora_rank",
                "lora_target_modules", "lora_modules_to_save", "task", "dpo_loss", "beta", "simpo_gamma")
+# Adapter settings that change what the saved adapters compute: compared when the checkpoint is a LoRA run's.
+LORA_KEYS = ("lora_alpha", "lora_dropout")
 # Bytes per parameter of one checkpoint, at most: fp32 weights or bf16 weights + fp32 masters, two fp32 moments.
 CHECKPOINT_BYTES_PER_PARAM = 16
 
@@ -74,11 +77,14 @@ def _describe_source(config: dict) -> str:
     return "?"
 
 
-def check_same_run(path: str, cfg: TrainConfig) -> None:
-    """A checkpoint resumes only the stage and plugin layout that wrote it."""
+def check_same_run(path: str, cfg: TrainConfig, base: Optional[dict] = None) -> None:
+    """A checkpoint resumes only the stage and plugin layout that wrote it (and a LoRA checkpoint only on the
+    base weights its adapters were trained on: `base` is lora.base_record of this run's)."""
     with open(os.path.join(path, "running_states.json"), encoding="utf-8") as f:
         saved_states = json.load(f)
     saved = {**json.loads(TrainConfig().to_json()), **saved_states.get("config", {})}
+    if saved.get("lora_rank") == 0:  # before --lora_rank had no default, 0 meant "no adapters"
+        saved["lora_rank"] = None
     current = json.loads(cfg.to_json())
     if any(saved.get(k) != current.get(k) for k in STAGE_KEYS):
         fail(f"{path} belongs to another stage (it started from {_describe_source(saved)}; this run starts from "
@@ -94,33 +100,50 @@ def check_same_run(path: str, cfg: TrainConfig) -> None:
         # each rank's file holds the states of its own experts: another split reads another rank's
         fail(f"{path} holds each rank's optimizer states for --ep {saved.get('ep')} (--optimizer_checkpoint "
              f"per_rank); resume it with --ep {saved.get('ep')} (a gathered checkpoint resumes on another --ep)")
-    changed = [k for k in LAYOUT_KEYS if saved.get(k) != current.get(k)]
+    saved_base = saved_states.get("lora_base")
+    if base and saved_base and saved_base["weights_sha256"] != base["weights_sha256"]:
+        fail(f"{path} holds LoRA adapters trained on other base weights ({saved_base['path']}, SHA-256 "
+             f"{saved_base['weights_sha256'][:12]}; {base['path']} has {base['weights_sha256'][:12]}): resume it on "
+             "the base it was trained on")
+    keys = LAYOUT_KEYS + (LORA_KEYS if saved.get("lora_rank") is not None else ())
+    changed = [k for k in keys if saved.get(k) != current.get(k)]
     if changed:
-        was = " ".join(f"--{k} {saved.get(k)}" for k in changed)
-        now = " ".join(f"--{k} {current.get(k)}" for k in changed)
+        def flags(values):
+            return " ".join(f"--{k} {values.get(k)}" if values.get(k) is not None else f"no --{k}" for k in changed)
+
+        was, now = flags(saved), flags(current)
         fail(f"{path} was saved with {was}, this run has {now}: resume it with the same flags, or start a new "
              f"stage from its weights with --load_weights_only {path} and a new --save_dir")
 
 
-def choose_start(cfg: TrainConfig) -> Optional[str]:
-    """The checkpoint this run resumes (None: step 0), after making sure save_dir holds no other run."""
+def choose_start(cfg: TrainConfig, base: Optional[dict] = None) -> Optional[str]:
+    """The checkpoint this run resumes (None: step 0), after making sure save_dir holds no other run, live
+    (its lock) or finished (its checkpoints)."""
     save_dir = cfg.save_dir
+    existed = os.path.isdir(save_dir)
+    try:
+        run_lock.hold(save_dir)
+    except run_lock.SaveDirBusy as e:
+        fail(f"--save_dir {save_dir} is in use by a run still going ({e}): wait for it to end, stop it, or give "
+             "another --save_dir")
+    except OSError as e:
+        fail(f"--save_dir {save_dir}: cannot write there ({e.strerror or e}); give a folder this user can write")
     if cfg.load_checkpoint:
         problem = checkpoint_problem(cfg.load_checkpoint)
         if problem:
             fail(f"--load_checkpoint {cfg.load_checkpoint}: cannot be resumed ({problem})")
-        check_same_run(cfg.load_checkpoint, cfg)
+        check_same_run(cfg.load_checkpoint, cfg, base)
         return cfg.load_checkpoint
     if cfg.resume == "auto":
         if not complete_checkpoints(save_dir):
-            what = "does not exist" if not os.path.isdir(save_dir) else "holds no step-N checkpoint"
+            what = "does not exist" if not existed else "holds no step-N checkpoint"
             print(f"resume auto: {save_dir} {what}; starting from step 0", flush=True)
             return None
         path = newest_good_checkpoint(save_dir, report=lambda line: print(line, file=sys.stderr, flush=True))
         if path is None:
             fail(f"--resume auto: no checkpoint in {save_dir} can be resumed (each is listed above); remove them or "
                  "give a new --save_dir")
-        check_same_run(path, cfg)
+        check_same_run(path, cfg, base)
         print(f"resume auto: resuming from {path}", flush=True)
         return path
     found = our_folders(save_dir)
@@ -259,14 +282,20 @@ def dataset_chat_template(manifests: list) -> Optional[str]:
     return templates.pop() if templates else None
 
 
-def before_start(cfg: TrainConfig, vocab_size: int, eval_tokenizer: Optional[str] = None) -> dict:
-    """Every check that needs no model; returns what the run starts from."""
+def before_start(cfg: TrainConfig, vocab_size: int, eval_tokenizer: Optional[str] = None,
+                 lora_base: Optional[str] = None) -> dict:
+    """Every check that needs no model; returns what the run starts from (with LoRA, the base's record)."""
     manifests = _manifests(cfg)
     if cfg.dataset:
         check_datasets(cfg, manifests, vocab_size)
     check_eval_sets(cfg, vocab_size, eval_tokenizer)
-    start = choose_start(cfg)  # first: it tells a save_dir that does not exist from one that is empty
+    base = None
+    if lora_base:
+        from ..adapters.lora import base_record
+
+        base = base_record(lora_base)
+    start = choose_start(cfg, base)  # first: it tells a save_dir that does not exist from one that is empty
     check_writable(cfg.save_dir, "--save_dir")
     check_writable(cfg.tensorboard_dir, "--tensorboard_dir")
     check_metrics_file(cfg, resumed=start is not None)
-    return {"resume_from": start, "chat_template": dataset_chat_template(manifests)}
+    return {"resume_from": start, "chat_template": dataset_chat_template(manifests), "lora_base": base}
