@@ -9,8 +9,10 @@ is, contains nor lies inside an input) live here too, so each tool states its in
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import math
 import os
 import sys
 from typing import Callable, Iterable, Iterator, Optional, TypeVar
@@ -149,8 +151,20 @@ def check_output_file(path: Optional[str], flag: str) -> Optional[str]:
     return path
 
 
+def finite_float(text: str) -> float:
+    """argparse type of every float flag: NaN and inf pass every `x < 0` check, then poison a run (a NaN
+    learning rate makes one NaN update and an all-NaN checkpoint), so they are refused at parse time."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
 def check_positive(value, flag: str, allow_zero: bool = False):
-    if value is not None and (value < 0 or (value == 0 and not allow_zero)):
+    if value is not None and (not math.isfinite(value) or value < 0 or (value == 0 and not allow_zero)):
         raise InputError(f"{flag} {value}: must be {'0 or more' if allow_zero else 'at least 1'}")
     return value
 

@@ -17,7 +17,7 @@ import argparse
 import re
 from typing import List, Optional
 
-from ..errors import InputError, check_output, run_json_cli, writing
+from ..errors import InputError, check_output, finite_float, run_json_cli, writing
 from ..moe import models as moe_models
 from ..tokenizer.files import copy_tokenizer_files
 from .export import DEFAULT_MAX_SHARD_SIZE, Source, save_config, trim_vocabulary
@@ -85,6 +85,9 @@ def upcycle(model_dir: str, output_dir: str, num_experts: int = 8, top_k: int = 
     if not 1 <= top_k <= num_experts or num_experts < 2:
         raise InputError(f"--num_experts {num_experts} --top_k {top_k}: need 2 or more experts and 1 <= top_k <= "
                          "num_experts")
+    if not router_std > 0 or not aux_loss_coef >= 0:  # NaN fails both comparisons
+        raise InputError(f"--router_init_std {router_std} --router_aux_loss_coef {aux_loss_coef}: the std must be a "
+                         "finite number > 0 and the coefficient >= 0")
     try:
         max_bytes = parse_size(max_shard_size)
     except ValueError as e:
@@ -114,8 +117,8 @@ def main(argv: Optional[list] = None) -> dict:
     p.add_argument("--output_dir", required=True)
     p.add_argument("--num_experts", type=int, default=8)
     p.add_argument("--top_k", type=int, default=2, help="Experts each token is routed to")
-    p.add_argument("--router_init_std", type=float, default=0.02, help="Std of the routers' random init")
-    p.add_argument("--router_aux_loss_coef", type=float, default=0.02,
+    p.add_argument("--router_init_std", type=finite_float, default=0.02, help="Std of the routers' random init")
+    p.add_argument("--router_aux_loss_coef", type=finite_float, default=0.02,
                    help="Load-balancing loss weight written into the config (Mixtral's published value)")
     p.add_argument("--seed", type=int, default=0, help="Seed of the routers' init")
     p.add_argument("--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE, help="Largest weights file written")

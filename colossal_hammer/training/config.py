@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -102,8 +103,8 @@ class TrainConfig:
     use_grad_checkpoint: bool = _f(False, "Recompute activations in backward to save memory.")
     use_flash_attn: bool = _f(False, "Use flash attention where the plugin and model support it (GPU only).")
     # ---- adapters ----
-    lora_rank: int = _f(0, "Train LoRA adapters of this rank on a frozen base (0: train all weights). Plugins ddp, "
-                           "zero2, zero2_cpu.")
+    lora_rank: Optional[int] = _f(None, "Train LoRA adapters of this rank (1 or more) on a frozen base; without "
+                                        "the flag every weight trains. Plugins ddp, zero2, zero2_cpu.")
     lora_alpha: float = _f(16.0, "LoRA scaling numerator: the update is (alpha / rank) * B @ A.")
     lora_dropout: float = _f(0.05, "Dropout on the LoRA branch's input.")
     lora_target_modules: str = _f("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
@@ -168,6 +169,10 @@ class TrainConfig:
         return sets
 
     def validate(self) -> None:
+        for f in dataclasses.fields(self):  # `x < 0` is False for NaN: every range check below would pass it
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise SystemExit(f"error: --{f.name} {value}: give a finite number")
         if sum(x is not None for x in (self.pretrained, self.model_config, self.load_weights_only)) != 1:
             raise SystemExit("error: give exactly one of --pretrained DIR, --model_config tiny|small|<json> "
                              "or --load_weights_only DIR")
@@ -195,8 +200,11 @@ class TrainConfig:
         for name in ("lr", "weight_decay", "grad_clip", "save_interval", "keep_last", "num_samples"):
             if getattr(self, name) < 0:
                 raise SystemExit(f"error: --{name} must be >= 0 (got {getattr(self, name)})")
-        if self.lora_rank < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise SystemExit("error: --lora_rank must be >= 0, --lora_alpha > 0 and --lora_dropout in [0, 1)")
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise SystemExit(f"error: --lora_rank {self.lora_rank}: a LoRA rank is 1 or more; leave the flag out to "
+                             "train every weight")
+        if self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise SystemExit("error: --lora_alpha must be > 0 and --lora_dropout in [0, 1)")
         if not self.checkpoint_shard_size > 0:
             raise SystemExit(f"error: --checkpoint_shard_size must be > 0 MB (got {self.checkpoint_shard_size})")
         if self.warmup_steps is not None and self.warmup_steps < 0:
