@@ -12,23 +12,37 @@ import json
 import os
 from typing import Optional
 
-from ..training.config import TrainConfig
+from ..digest import weights_sha256
 
 # the linear layers of a Llama block; peft's "all-linear" would also take lm_head
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
+BASE_RECORD = "base_model.json"  # the base's path and the SHA-256 of its weights, checked at resume and merge
 
 
-def enabled(cfg: TrainConfig) -> bool:
-    return cfg.lora_rank > 0
+def enabled(cfg) -> bool:
+    return cfg.lora_rank is not None
+
+
+def base_record(base_dir: str) -> dict:
+    return {"path": os.path.abspath(base_dir), "weights_sha256": weights_sha256(base_dir)}
+
+
+def recorded_base(adapter_dir: str) -> Optional[dict]:
+    """What save_adapter recorded of the base (None for an adapter folder from before the record)."""
+    path = os.path.join(adapter_dir, BASE_RECORD)
+    if not os.path.isfile(path):
+        return None
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
 
 
 def module_names(text: Optional[str]) -> list:
     return [n.strip() for n in (text or "").split(",") if n.strip()]
 
 
-def check(cfg: TrainConfig, cuda: bool) -> None:
+def check(cfg, cuda: bool) -> None:
     """One line for a LoRA run that cannot work, before anything is built."""
     if not enabled(cfg):
         if cfg.lora_quantize:
@@ -58,7 +72,7 @@ def check(cfg: TrainConfig, cuda: bool) -> None:
         raise SystemExit("error: --lora_target_modules: give module names, e.g. q_proj,v_proj")
 
 
-def lora_config(cfg: TrainConfig):
+def lora_config(cfg):
     from peft import LoraConfig
 
     return LoraConfig(task_type="CAUSAL_LM", r=cfg.lora_rank, lora_alpha=cfg.lora_alpha,
@@ -66,7 +80,7 @@ def lora_config(cfg: TrainConfig):
                       modules_to_save=module_names(cfg.lora_modules_to_save) or None)
 
 
-def apply(booster, model, cfg: TrainConfig):
+def apply(booster, model, cfg):
     """The model with adapters (a PeftModel), before boosting; names that match nothing are refused."""
     from peft import PeftModel
 
@@ -101,15 +115,18 @@ def is_adapter_folder(folder: str) -> bool:
     return os.path.isfile(os.path.join(folder, ADAPTER_CONFIG))
 
 
-def save_adapter(booster, boosted, folder: str, base_dir: str) -> None:
-    """peft's adapter folder (what PeftModel.from_pretrained loads), naming the base it was trained on."""
+def save_adapter(booster, boosted, folder: str, base: dict) -> None:
+    """peft's adapter folder (what PeftModel.from_pretrained loads), naming the base it was trained on and
+    recording its weights' hash (`base_record`)."""
     booster.save_lora_as_pretrained(boosted, folder, use_safetensors=True)
     if os.path.isfile(os.path.join(folder, ADAPTER_CONFIG)):
         with open(os.path.join(folder, ADAPTER_CONFIG), encoding="utf-8") as f:
             config = json.load(f)
-        config["base_model_name_or_path"] = os.path.abspath(base_dir)
+        config["base_model_name_or_path"] = base["path"]
         with open(os.path.join(folder, ADAPTER_CONFIG), "w", encoding="utf-8") as f:
             json.dump(config, f, indent=2, sort_keys=True)
+        with open(os.path.join(folder, BASE_RECORD), "w", encoding="utf-8") as f:
+            json.dump(base, f, indent=2)
 
 
 def load_adapter(boosted, folder: str) -> None:

@@ -70,8 +70,10 @@ class Trainer:
         self.booster = Booster(plugin=self.plugin, mixed_precision=precision.booster_precision)
         lora.check(cfg, self.device.type == "cuda")
         self.clip_here = precision.clip_in_loop
-        start = preflight.agreed(
-            lambda: preflight.before_start(cfg, unpadded_vocab_size(hf_config), eval_tokenizer(cfg)))
+        start = preflight.agreed(lambda: preflight.before_start(
+            cfg, unpadded_vocab_size(hf_config), eval_tokenizer(cfg),
+            lora_base=weights_source(cfg)[0] if lora.enabled(cfg) else None))
+        self.lora_base = start["lora_base"]
 
         lazy = LazyInitContext(default_device=self.device) if precision.lazy_init else None
         model = make_model(cfg, DTYPES[precision.model_dtype], lazy)
@@ -109,11 +111,11 @@ class Trainer:
         self.epoch = 0
         self.bad_steps = 0
         self.attempts = 0  # train_step calls in this process, skipped ones included
-        self.last_saved_step = None
+        self.last_saved = (None, None)  # (step, folder) of the newest checkpoint that holds this run's weights
         self.checkpointer = Checkpointer(self.booster, cfg.save_dir, cfg.keep_last,
                                          tokenizer_folder(weights_source(cfg)[0]), start["chat_template"],
                                          shard_size_mb=cfg.checkpoint_shard_size,
-                                         adapter_base=weights_source(cfg)[0] if lora.enabled(cfg) else None,
+                                         adapter_base=self.lora_base,
                                          per_rank_optimizer=cfg.plugin != "ddp" and cfg.optimizer_checkpoint == "per_rank")
         self.resumed_from = start["resume_from"]
         self.task = DPOTask(self) if cfg.task == "dpo" else None
@@ -121,7 +123,7 @@ class Trainer:
             self.task.start(self.resumed_from)  # before _restore: the reference is the starting weights
         if self.resumed_from:
             self._restore(self.resumed_from)
-            self.last_saved_step = self.step
+            self.last_saved = (self.step, self.resumed_from)
         self.metrics = MetricsLogger(cfg.tensorboard_dir, enabled=self.rank == 0,
                                      resumed_step=self.step if self.resumed_from else None)
         if self.rank == 0:
@@ -130,7 +132,7 @@ class Trainer:
     # ---- state --------------------------------------------------------------------------------------
     def _running_states(self) -> dict:
         return {"epoch": self.epoch, "sampler": self.sampler.state_dict(), "data_parallel_size": self.layout.dp_size,
-                "config": json.loads(self.cfg.to_json())}
+                "config": json.loads(self.cfg.to_json()), "lora_base": self.lora_base}
 
     def _restore(self, path: str) -> None:
         states = self.checkpointer.load(path, self.model, self.optimizer, self.lr_scheduler)
@@ -147,7 +149,7 @@ class Trainer:
 
     def save(self) -> str:
         path = self.checkpointer.save(self.step, self.model, self.optimizer, self.lr_scheduler, self._running_states())
-        self.last_saved_step = self.step
+        self.last_saved = (self.step, path)
         if self.rank == 0:
             print(f"saved {path}", flush=True)
         return path
@@ -207,6 +209,7 @@ class Trainer:
             return None
         start = time.perf_counter()
         self.attempts += 1
+        faults.hang_if("hang", self.attempts)
         # Counted on the CPU batches: one all_reduce, no device sync. Tensor/pipeline replicas of one data
         # shard saw the same tokens, so they count once.
         replicas = dist.get_world_size() // self.layout.dp_size
@@ -309,7 +312,7 @@ class Trainer:
                     self.save()
         bar.close()
         self._evaluate(final=True)
-        if self.last_saved_step != self.step:
+        if self.last_saved[0] != self.step:
             self.save()  # the final state, unless the last interval just saved it
         self.metrics.close()
         return history
@@ -324,10 +327,18 @@ class Trainer:
         if self.rank == 0:
             print(f"warning: step {self.step + 1} skipped: loss {record['loss']}, grad norm {record['grad_norm']} "
                   f"({self.bad_steps} in a row)", flush=True)
-        if self.bad_steps >= self.cfg.max_bad_steps:
-            path = self.save()
-            raise SystemExit(f"error: {self.bad_steps} steps in a row had a NaN/inf loss or gradient; stopped. "
-                             f"Last good state saved to {path}")
+        if self.bad_steps < self.cfg.max_bad_steps:
+            return
+        stopped = f"error: {self.bad_steps} steps in a row had a NaN/inf loss or gradient; stopped."
+        saved_step, saved_path = self.last_saved
+        if saved_step == self.step:  # skipped steps change nothing: that checkpoint holds these very weights
+            raise SystemExit(f"{stopped} The weights are those of {saved_path}; nothing new saved")
+        bad = ~step_guard.local_weights_finite(self.model, self.optimizer)
+        if self._global_sum(bad)[0] > 0:
+            raise SystemExit(f"{stopped} The weights are not finite, so nothing is saved; the last good checkpoint "
+                             f"is {saved_path or 'none (the run started from non-finite weights)'}")
+        path = self.save()
+        raise SystemExit(f"{stopped} Last good state saved to {path}")
 
 
 def label_tokens(labels: torch.Tensor) -> int:

@@ -40,6 +40,19 @@ def local_grads_finite(model, optimizer) -> torch.Tensor:
     return torch.stack([torch.isfinite(g).all() for g in grads]).all()
 
 
+def local_weights_finite(model, optimizer) -> torch.Tensor:
+    """A 0-d bool tensor: are the weights this rank holds finite? Gemini keeps them in chunks (its parameters'
+    own tensors are empty stand-ins between steps), every other plugin in the parameters."""
+    manager = getattr(optimizer, "chunk_manager", None)
+    if manager is not None:
+        tensors = [chunk.payload for group in manager.chunk_groups.values() for chunk in group]
+    else:
+        tensors = [p for p in model.parameters() if p.numel()]
+    if not tensors:
+        return torch.tensor(True)
+    return torch.stack([torch.isfinite(t).all() for t in tensors]).all()
+
+
 def _end_of_step(optimizer) -> None:
     """Two things Gemini's skip branch leaves behind, reset once per step: the counter of non-finite gradient
     chunks (only its fp16 mixin resets it, so under bf16 one bad step would flag every later one), and

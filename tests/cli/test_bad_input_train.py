@@ -17,8 +17,9 @@ RUN = TINY + ["--num_samples", "32", "--plugin", "ddp", "--mixed_precision", "fp
 
 
 def tree_hash(folder):
+    """Every file of a run's save_dir but its lock, which names whichever process held it last."""
     digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+    for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.name != ".run.lock"):
         digest.update(str(path.relative_to(folder)).encode() + path.read_bytes())
     return digest.hexdigest()
 
@@ -54,18 +55,78 @@ def test_a_second_run_into_the_same_save_dir_is_refused(earlier_run, tmp_path):
     assert again["records"][-1]["step"] == 4
 
 
-@pytest.mark.parametrize("damage", ["truncate_weights", "drop_optimizer"])
+def overwrite_with_nan_in_place(weights):
+    """NaN float32 bytes over the middle of the tensor data: same size, same header, other content."""
+    data = bytearray(weights.read_bytes())
+    middle = len(data) // 2 // 4 * 4
+    data[middle:middle + 4096] = b"\x00\x00\xc0\x7f" * 1024
+    weights.write_bytes(bytes(data))
+
+
+@pytest.mark.parametrize("damage", ["truncate_weights", "drop_optimizer", "nan_bytes_in_place"])
 def test_resume_auto_passes_over_a_damaged_newest_checkpoint(damage, earlier_run, tmp_path):
     save_dir = copy_of(earlier_run, tmp_path)
+    weights = next((save_dir / "step-4" / "modeling").glob("*.safetensors"))
     if damage == "truncate_weights":
-        weights = next((save_dir / "step-4" / "modeling").glob("*.safetensors"))
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    elif damage == "nan_bytes_in_place":
+        overwrite_with_nan_in_place(weights)
     else:
         shutil.rmtree(save_dir / "step-4" / "optimizer")
     run = train(RUN + ["--save_dir", save_dir, "--resume", "auto", "--max_steps", "6"], tmp_path / "logs", nproc=1)
     assert f"warning: {save_dir / 'step-4'} cannot be resumed" in run["output"]
     assert run["info"]["resumed_from"] == str(save_dir / "step-2")
     assert [r["step"] for r in run["records"]] == [3, 4, 5, 6]
+
+
+def test_a_second_launch_while_the_first_runs_is_refused(earlier_run, tmp_path):
+    """The recovery command launched twice (a scheduler retry): the second finds the first still running."""
+    save_dir = copy_of(earlier_run, tmp_path)
+    first = subprocess.Popen(
+        [sys.executable, str(TRAIN), *map(str, RUN), "--max_steps", "8", "--resume", "auto", "--save_dir", save_dir,
+         "--tensorboard_dir", tmp_path / "logs"], cwd=tmp_path, start_new_session=True, text=True,
+        env={**os.environ, "PYTHONPATH": str(REPO), "COLOSSAL_HAMMER_FAULTS": "hang@2"},
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        for line in first.stdout:  # the first run has resumed and is inside its steps
+            if line.startswith("resumed from"):
+                break
+        assert first.poll() is None
+        before = tree_hash(save_dir)
+        second = launch(RUN + ["--max_steps", "8", "--resume", "auto", "--save_dir", save_dir], tmp_path / "logs2",
+                        nproc=1)
+        assert second.returncode == 2, second.stdout[-3000:]
+        line = error_lines(second)
+        assert len(line) == 1 and f"--save_dir {save_dir} is in use by a run still going (process {first.pid}" in line[0]
+        assert tree_hash(save_dir) == before
+    finally:
+        os.killpg(first.pid, 9)
+        first.wait()
+    # the lock died with its process: the same command now resumes
+    resumed = train(RUN + ["--max_steps", "6", "--resume", "auto", "--save_dir", save_dir], tmp_path / "logs3",
+                    nproc=1)
+    assert resumed["info"]["resumed_from"] == str(save_dir / "step-4")
+
+
+def test_bad_steps_never_save_non_finite_weights(tokenizer_dir, tmp_path):
+    """A base whose weights hold NaN: every step is bad, and the stop saves nothing rather than NaN weights as
+    the "last good state"."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from tests.conftest import save_tiny_llama
+
+    base = save_tiny_llama(tokenizer_dir, tmp_path / "base")
+    weights = next(base.glob("*.safetensors"))
+    tensors = load_file(weights)
+    tensors["model.norm.weight"] = torch.full_like(tensors["model.norm.weight"], float("nan"))
+    save_file(tensors, weights, metadata={"format": "pt"})
+    proc = launch(["--pretrained", base, "--benchmark", "--num_samples", "32", "--max_length", "64", "--plugin", "ddp",
+                   "--mixed_precision", "fp32", "--max_bad_steps", "2", "--save_dir", tmp_path / "ckpt"],
+                  tmp_path / "logs", nproc=1)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    assert "The weights are not finite, so nothing is saved" in error_lines(proc)[0]
+    assert not list((tmp_path / "ckpt").glob("step-*"))
 
 
 def test_resume_auto_says_what_it_found(tmp_path):
@@ -92,6 +153,11 @@ def stage_two(save_dir):
 CASES = {
     # name: (extra flags or a function of the earlier run's save_dir, expected words in the error line)
     "negative lr": (["--lr", "-1"], "--lr must be >= 0"),
+    "nan lr": (["--lr", "nan"], "--lr nan: give a finite number"),
+    "nan weight decay": (["--weight_decay", "nan"], "--weight_decay nan: give a finite number"),
+    "nan beta": (["--beta", "nan"], "--beta nan: give a finite number"),
+    "nan lora alpha": (["--lora_alpha", "nan"], "--lora_alpha nan: give a finite number"),
+    "inf router aux loss": (["--router_aux_loss_coef", "inf"], "--router_aux_loss_coef inf: give a finite number"),
     "max_length 1": (["--max_length", "1", "--plugin", "gemini", "--mixed_precision", "bf16"], "--max_length must be >= 2"),
     "stage 2 resumes stage 1": (lambda d: stage_two(d) + ["--save_dir", d, "--resume", "auto"],
                                 "belongs to another stage"),
