@@ -9,7 +9,6 @@ is, contains nor lies inside an input) live here too, so each tool states its in
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import math
@@ -151,15 +150,10 @@ def check_output_file(path: Optional[str], flag: str) -> Optional[str]:
     return path
 
 
-def finite_float(text: str) -> float:
-    """argparse type of every float flag: NaN and inf pass every `x < 0` check, then poison a run (a NaN
-    learning rate makes one NaN update and an all-NaN checkpoint), so they are refused at parse time."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+def check_finite(value, flag: str):
+    """NaN passes every `x < 0` check, then poisons what it touches: refuse it, and inf, by name."""
+    if value is not None and not math.isfinite(value):
+        raise InputError(f"{flag} {value}: give a finite number")
     return value
 
 

@@ -17,7 +17,7 @@ import argparse
 import re
 from typing import List, Optional
 
-from ..errors import InputError, check_output, finite_float, run_json_cli, writing
+from ..errors import InputError, check_output, run_json_cli, writing
 from ..moe import models as moe_models
 from ..tokenizer.files import copy_tokenizer_files
 from .export import DEFAULT_MAX_SHARD_SIZE, Source, save_config, trim_vocabulary
@@ -117,8 +117,8 @@ def main(argv: Optional[list] = None) -> dict:
     p.add_argument("--output_dir", required=True)
     p.add_argument("--num_experts", type=int, default=8)
     p.add_argument("--top_k", type=int, default=2, help="Experts each token is routed to")
-    p.add_argument("--router_init_std", type=finite_float, default=0.02, help="Std of the routers' random init")
-    p.add_argument("--router_aux_loss_coef", type=finite_float, default=0.02,
+    p.add_argument("--router_init_std", type=float, default=0.02, help="Std of the routers' random init")
+    p.add_argument("--router_aux_loss_coef", type=float, default=0.02,
                    help="Load-balancing loss weight written into the config (Mixtral's published value)")
     p.add_argument("--seed", type=int, default=0, help="Seed of the routers' init")
     p.add_argument("--max_shard_size", default=DEFAULT_MAX_SHARD_SIZE, help="Largest weights file written")

@@ -22,7 +22,7 @@ import argparse
 import json
 from typing import Iterable, List, Optional
 
-from ..errors import InputError, check_output, finite_float, require_tokenizer, run_cli
+from ..errors import InputError, check_finite, check_output, require_tokenizer, run_cli
 from .files import read_text_file
 from .sentencepiece_io import NORMAL, find_model_file, load_proto, save_hf_tokenizer
 
@@ -86,6 +86,7 @@ def extend_proto(proto, pieces: Iterable[str], score: Optional[float] = None) ->
 
 def extend_tokenizer(source_dir: str, target_dir: str, pieces: List[str], score: Optional[float] = None) -> dict:
     require_tokenizer(source_dir, "--source_tokenizer_dir")
+    check_finite(score, "--new_piece_score")
     check_output(target_dir, "--target_tokenizer_dir", [source_dir])
     if find_model_file(source_dir):
         proto = load_proto(source_dir, "--source_tokenizer_dir")
@@ -112,7 +113,7 @@ def main(argv=None) -> dict:
     p.add_argument("--source_tokenizer_dir", required=True)
     p.add_argument("--target_tokenizer_dir", required=True)
     p.add_argument("--expand_tokens_file", required=True, help='jsonl with rows {"piece": "..."}')
-    p.add_argument("--new_piece_score", type=finite_float, default=None,
+    p.add_argument("--new_piece_score", type=float, default=None,
                    help="Score of every new SentencePiece piece (default: below the lowest base score, in file order)")
     args = p.parse_args(argv)
 

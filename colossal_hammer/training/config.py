@@ -172,7 +172,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):  # `x < 0` is False for NaN: every range check below would pass it
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise SystemExit(f"error: --{f.name} {value}: give a finite number")
+                raise SystemExit(f"error: --{f.name} {value}: give a finite number")  # errors.check_finite's words
         if sum(x is not None for x in (self.pretrained, self.model_config, self.load_weights_only)) != 1:
             raise SystemExit("error: give exactly one of --pretrained DIR, --model_config tiny|small|<json> "
                              "or --load_weights_only DIR")

@@ -86,6 +86,13 @@ CASES = [
      "--temperature"),
     ("demo-output-is-a-file", ["-m", "colossal_hammer.demo.pipeline", "--scale", "test", "--output_dir", "{file}"],
      "--output_dir {file}: is a file"),
+    ("upcycle-nan-router-std", ["-m", "colossal_hammer.model.upcycle", "--model", "{model}", "--output_dir",
+                                "{root}/out", "--router_init_std", "nan"], "--router_init_std nan"),
+    ("extend-nan-score", EXTEND + ["--source_tokenizer_dir", "{tok}", "--target_tokenizer_dir", "{root}/out",
+                                   "--expand_tokens_file", "{pieces}", "--new_piece_score", "nan"],
+     "--new_piece_score nan: give a finite number"),
+    ("plan-nan-tokens", ["-m", "colossal_hammer.plan", "--gpu", "a100-80g", "--model_config", "llama2-7b", "--tokens",
+                         "nan"], "--tokens nan: give a finite number"),
     ("inference-top-p-0", INFER + ["--model_path", "{model}", "--input_txt", "hi", "--top_p", "0"], "--top_p"),
 ]
 
