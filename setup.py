@@ -57,7 +57,8 @@ setup(
         # real clients for the server tests; lm-eval: tests/eval/test_choice.py checks the multiple-choice
         # scorer against it; trl: tests/training/test_dpo_loss.py checks the DPO losses against its trainers (both
         # install beside our torch/transformers pins: measured with pip install --dry-run)
-        "test": ["pytest==9.2.0", "openai==3.57.0", "selenium==4.51.0", "pexpect==4.9.0", "lm-eval==0.4.13",
+        # pytest-timeout: a hung gloo collective fails its test instead of stalling CI to its limit
+        "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "openai==3.57.0", "selenium==4.51.0", "pexpect==4.9.0", "lm-eval==0.4.13",
                  "trl==0.18.2"],
         "gpu": ["flash-attn"],  # GPU-only; SDPA is used where it is missing
     },

@@ -28,13 +28,14 @@ import json
 import os
 import random
 import shlex
+import shutil
 import subprocess
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import check_output, run_cli
+from ..errors import InputError, check_output, run_cli
 from .post_training import PostTraining
 from .progress import Progress, relay
 from .upcycling import Upcycling
@@ -367,8 +368,26 @@ def main(argv=None) -> dict:
     return run_cli(lambda: run_demo(Path(check_output(a.output_dir, "--output_dir", [])).resolve(), a.scale))
 
 
-def run_demo(out: Path, scale: str) -> dict:
+MARKER = ".colossal_hammer_demo"  # says the folder is the demo's own output, which a new run may replace
+
+
+def prepare_output(out: Path) -> None:
+    """An output folder of an earlier (finished or interrupted) demo run is cleared and the demo starts afresh:
+    its stages refuse to mix with what an earlier run left (a save_dir that holds checkpoints, for one). A
+    non-empty folder the demo did not write is refused, never cleared."""
+    if out.is_dir() and any(out.iterdir()):
+        if not (out / MARKER).is_file():
+            raise InputError(f"--output_dir {out}: holds files the demo did not write; give a new or empty folder")
+        print(f"demo: {out} holds an earlier demo run's output; starting afresh", flush=True)
+        for entry in out.iterdir():
+            if entry.name != MARKER:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
     out.mkdir(parents=True, exist_ok=True)
+    (out / MARKER).write_text("written by python -m colossal_hammer.demo; a new demo run clears this folder\n")
+
+
+def run_demo(out: Path, scale: str) -> dict:
+    prepare_output(out)
     demo = Demo(out, SCALES[scale])
     demo.post = PostTraining(demo, scale)
     demo.upcycling = Upcycling(demo, scale)

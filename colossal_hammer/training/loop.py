@@ -175,7 +175,9 @@ class Trainer:
             per_token = scale * (batch["input_ids"].shape[0] // self.cfg.microbatch_size)
 
             def criterion(outputs, inputs):
-                loss = outputs.loss * (label_tokens(inputs["labels"]) * per_token)
+                count = label_tokens(inputs["labels"])
+                # no label token in this micro-batch: its mean loss is 0/0; a zero that still reaches every weight
+                loss = outputs.loss * (count * per_token) if count else outputs.logits.sum() * 0.0
                 return faults.corrupt_loss(loss, self.attempts)
 
             out = self.booster.execute_pipeline(iter([batch]), self.model, criterion=criterion,

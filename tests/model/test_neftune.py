@@ -32,6 +32,10 @@ def test_noise_in_training_only_and_scaled_by_real_length():
         bound = alpha / math.sqrt(length * dim)
         assert diff[row, :length].abs().max() <= bound * (1 + 1e-5)
         assert diff[row, :length].abs().max() > 0.5 * bound  # uniform noise reaches near its bound
+        # and fills it: U(-b, b) has standard deviation b / sqrt(3). A scale from the padded length (16
+        # for row 1) would give 0.61 of it; 10 % covers the estimate's error over 384 values and more
+        std = diff[row, :length].std().item()
+        assert abs(std / (bound / math.sqrt(3)) - 1) < 0.1, (row, std, bound)
         assert torch.equal(diff[row, length:], torch.zeros_like(diff[row, length:]))
 
     model.eval()
