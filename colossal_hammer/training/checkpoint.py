@@ -37,9 +37,11 @@ from typing import Optional
 import numpy as np
 import torch
 import torch.distributed as dist
+from safetensors import SafetensorError
 
 from ..adapters import lora
 from ..digest import sha256_of_files
+from ..errors import describe_os_error
 from ..tokenizer.files import copy_tokenizer_files
 from . import faults
 from .rank_files import has_rank_optimizer, load_optimizer, read_tensors, save_optimizer, save_tensors
@@ -183,12 +185,52 @@ class Checkpointer:
         self.extra_files = {}  # name in step-N/ -> file rank 0 copies there (DPO's reference log-probs)
 
     def save(self, step: int, model, optimizer, lr_scheduler, running_states: dict) -> str:
+        """Every rank writes its part into .tmp-step-N; rank 0 lists it and renames it step-N. A write that fails
+        on any rank (a full disk) ends the run in one line with the unfinished folder removed: the checkpoints
+        already there are untouched."""
         final = os.path.join(self.save_dir, f"step-{step}")
         tmp = os.path.join(self.save_dir, f".tmp-step-{step}")
         if self.rank == 0:
             shutil.rmtree(tmp, ignore_errors=True)
             os.makedirs(tmp)
         dist.barrier()
+        self._agree_or_stop(step, tmp, lambda: self._write(step, tmp, model, optimizer, lr_scheduler, running_states))
+
+        def publish():
+            if self.rank == 0:
+                _write_json(os.path.join(tmp, FILES), _file_listing(tmp))
+                shutil.rmtree(final, ignore_errors=True)
+                os.rename(tmp, final)
+
+        self._agree_or_stop(step, tmp, publish)
+        if self.rank == 0:
+            self._prune()
+        dist.barrier()
+        return final
+
+    def _agree_or_stop(self, step: int, tmp: str, write) -> None:
+        """write() on every rank; if it failed on any, remove the unfinished folder and stop every rank."""
+        try:
+            write()
+            failure = None
+        except OSError as e:
+            failure = describe_os_error(e)
+        except (RuntimeError, SafetensorError) as e:  # on a full disk: torch's zip writer says "unexpected pos
+            failure = (str(e).strip().splitlines() or [type(e).__name__])[0]  # ...", safetensors "I/O error: ..."
+        failures = [None] * dist.get_world_size()
+        dist.all_gather_object(failures, failure)
+        failed = [(rank, f) for rank, f in enumerate(failures) if f is not None]
+        if not failed:
+            return
+        if self.rank == 0:
+            shutil.rmtree(tmp, ignore_errors=True)
+        dist.barrier()
+        rank, reason = failed[0]
+        raise SystemExit(f"error: --save_dir {self.save_dir}: saving step {step} failed on rank {rank} ({reason}); its "
+                         "unfinished folder was removed and earlier checkpoints are untouched: free space, then "
+                         "continue with --resume auto")
+
+    def _write(self, step: int, tmp: str, model, optimizer, lr_scheduler, running_states: dict) -> None:
         if self.adapter_base:
             lora.save_adapter(self.booster, model, os.path.join(tmp, "modeling"), self.adapter_base)
         else:
@@ -214,14 +256,6 @@ class Checkpointer:
                 shutil.copyfile(source, os.path.join(tmp, name))
             _write_json(os.path.join(tmp, "running_states.json"),
                         {**running_states, "step": step, "world_size": dist.get_world_size()})
-        dist.barrier()
-        if self.rank == 0:
-            _write_json(os.path.join(tmp, FILES), _file_listing(tmp))
-            shutil.rmtree(final, ignore_errors=True)
-            os.rename(tmp, final)
-            self._prune()
-        dist.barrier()
-        return final
 
     def _save_model_files(self, model, modeling_dir: str) -> None:
         config = getattr(lora.inner_model(model), "config", None)

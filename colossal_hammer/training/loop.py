@@ -293,26 +293,28 @@ class Trainer:
         history = []
         last_step = self.total_steps if cfg.max_steps is None else min(cfg.max_steps, self.total_steps)
         bar = tqdm(total=last_step, initial=self.step, disable=self.rank != 0, desc="train", unit="step")
-        while self.step < last_step and self.epoch < cfg.num_epochs:
-            self.sampler.set_epoch(self.epoch)
-            data_iter = iter(self.dataloader)
-            while self.step < last_step:
-                record = self.train_step(data_iter)
-                if record is None:
-                    self.epoch += 1
-                    break
-                record["epoch"] = self.epoch
-                history.append(record)
-                self.metrics.log(record)
-                if record["skipped"]:
-                    self._on_bad_step(record)
-                    continue
-                bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
-                bar.update()
-                self._evaluate(final=False)
-                if cfg.save_interval > 0 and self.step % cfg.save_interval == 0:
-                    self.save()
-        bar.close()
+        try:  # closed however the loop ends, so that an error line starts a line of its own
+            while self.step < last_step and self.epoch < cfg.num_epochs:
+                self.sampler.set_epoch(self.epoch)
+                data_iter = iter(self.dataloader)
+                while self.step < last_step:
+                    record = self.train_step(data_iter)
+                    if record is None:
+                        self.epoch += 1
+                        break
+                    record["epoch"] = self.epoch
+                    history.append(record)
+                    self.metrics.log(record)
+                    if record["skipped"]:
+                        self._on_bad_step(record)
+                        continue
+                    bar.set_postfix(loss=f"{record['loss']:.4f}", tok_s=f"{record['tokens_per_second']:.0f}")
+                    bar.update()
+                    self._evaluate(final=False)
+                    if cfg.save_interval > 0 and self.step % cfg.save_interval == 0:
+                        self.save()
+        finally:
+            bar.close()
         self._evaluate(final=True)
         if self.last_saved[0] != self.step:
             self.save()  # the final state, unless the last interval just saved it

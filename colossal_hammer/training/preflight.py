@@ -77,6 +77,15 @@ def _describe_source(config: dict) -> str:
     return "?"
 
 
+def new_stage_from(path: str) -> str:
+    """How to start a new stage from a checkpoint's weights: --load_weights_only, once a LoRA checkpoint's
+    adapters are merged into whole weights (--load_weights_only refuses an adapter folder)."""
+    if os.path.isfile(os.path.join(path, "modeling", "adapter_config.json")):
+        return (f"merge its adapters (python -m colossal_hammer.model.export --checkpoint {path} --output_dir DIR "
+                "--merge_lora) and start a new stage from them with --load_weights_only DIR")
+    return f"start a new stage from its weights with --load_weights_only {path}"
+
+
 def check_same_run(path: str, cfg: TrainConfig, base: Optional[dict] = None) -> None:
     """A checkpoint resumes only the stage and plugin layout that wrote it (and a LoRA checkpoint only on the
     base weights its adapters were trained on: `base` is lora.base_record of this run's)."""
@@ -88,14 +97,12 @@ def check_same_run(path: str, cfg: TrainConfig, base: Optional[dict] = None) -> 
     current = json.loads(cfg.to_json())
     if any(saved.get(k) != current.get(k) for k in STAGE_KEYS):
         fail(f"{path} belongs to another stage (it started from {_describe_source(saved)}; this run starts from "
-             f"{_describe_source(current)}): give this stage its own --save_dir, or start it from those weights "
-             f"with --load_weights_only {path}")
+             f"{_describe_source(current)}): give this stage its own --save_dir, or {new_stage_from(path)}")
     world = dist.get_world_size() if dist.is_initialized() else 1
     saved_world = saved_states.get("world_size")
     if has_rank_optimizer(os.path.join(path, "optimizer")) and saved_world not in (None, world):
         fail(f"{path} holds the optimizer states of each of {saved_world} processes (--optimizer_checkpoint "
-             f"per_rank); resume it with {saved_world} processes, or start a new stage from its weights with "
-             f"--load_weights_only {path}")
+             f"per_rank); resume it with {saved_world} processes, or {new_stage_from(path)}")
     if has_rank_optimizer(os.path.join(path, "optimizer")) and saved.get("ep") != current.get("ep"):
         # each rank's file holds the states of its own experts: another split reads another rank's
         fail(f"{path} holds each rank's optimizer states for --ep {saved.get('ep')} (--optimizer_checkpoint "
@@ -112,8 +119,8 @@ def check_same_run(path: str, cfg: TrainConfig, base: Optional[dict] = None) -> 
             return " ".join(f"--{k} {values.get(k)}" if values.get(k) is not None else f"no --{k}" for k in changed)
 
         was, now = flags(saved), flags(current)
-        fail(f"{path} was saved with {was}, this run has {now}: resume it with the same flags, or start a new "
-             f"stage from its weights with --load_weights_only {path} and a new --save_dir")
+        fail(f"{path} was saved with {was}, this run has {now}: resume it with the same flags, or "
+             f"{new_stage_from(path)} and a new --save_dir")
 
 
 def choose_start(cfg: TrainConfig, base: Optional[dict] = None) -> Optional[str]:
@@ -265,12 +272,20 @@ def check_eval_sets(cfg: TrainConfig, vocab_size: int, tokenizer_dir: Optional[s
                  "the tokenizer the set was prepared with (--eval_tokenizer_dir)")
 
 
+def size_text(nbytes: float) -> str:
+    """Bytes in the largest unit that keeps a figure above 1 (a tiny model's checkpoint is not "0.0 GiB")."""
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if nbytes >= size:
+            return f"{nbytes / size:.1f} {unit}"
+    return f"{int(nbytes)} bytes"
+
+
 def check_free_space(save_dir: str, num_params: int) -> None:
     need = num_params * CHECKPOINT_BYTES_PER_PARAM
     free = shutil.disk_usage(save_dir).free
     if free < need:
-        fail(f"--save_dir {save_dir}: {free / 2**30:.1f} GiB free, one checkpoint of {num_params:,} parameters "
-             f"needs up to {need / 2**30:.1f} GiB: free space or choose another --save_dir")
+        fail(f"--save_dir {save_dir}: {size_text(free)} free, one checkpoint of {num_params:,} parameters "
+             f"needs up to {size_text(need)}: free space or choose another --save_dir")
 
 
 def dataset_chat_template(manifests: list) -> Optional[str]:

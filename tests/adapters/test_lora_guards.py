@@ -52,7 +52,10 @@ def test_resume_with_another_lora_alpha_is_refused(lora_run, tmp_path):
     proc = launch(flags(lora_run, alpha="16") + ["--max_steps", "3", "--load_checkpoint",
                                                  lora_run["save_dir"] / "step-2", "--save_dir", tmp_path / "c"],
                   tmp_path / "logs", nproc=1)
-    assert "was saved with --lora_alpha 8.0, this run has --lora_alpha 16.0" in one_error(proc)
+    line = one_error(proc)
+    assert "was saved with --lora_alpha 8.0, this run has --lora_alpha 16.0" in line
+    # --load_weights_only refuses an adapter folder: the advice is to merge first
+    assert f"merge its adapters (python -m colossal_hammer.model.export --checkpoint {lora_run['save_dir'] / 'step-2'}" in line
 
 
 def test_resume_on_other_base_weights_in_the_same_folder_is_refused(lora_run, tmp_path):

@@ -129,6 +129,27 @@ def test_bad_steps_never_save_non_finite_weights(tokenizer_dir, tmp_path):
     assert not list((tmp_path / "ckpt").glob("step-*"))
 
 
+def test_a_disk_that_fills_mid_save_ends_in_one_line_and_leaves_no_tmp_folder(earlier_run, tmp_path):
+    """Files may grow to 200 KB (RLIMIT_FSIZE: the kernel's EFBIG, as ENOSPC on a full disk): the metrics fit,
+    the weights (560 KB) do not."""
+    import resource
+
+    save_dir = copy_of(earlier_run, tmp_path)
+    before = tree_hash(save_dir)
+    limit = 200 * 1024
+    proc = subprocess.run(
+        [sys.executable, str(TRAIN), *map(str, RUN), "--max_steps", "6", "--resume", "auto", "--save_dir", save_dir,
+         "--tensorboard_dir", tmp_path / "logs"], cwd=tmp_path, text=True, timeout=600,
+        env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit)))
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    lines = error_lines(proc)
+    assert len(lines) == 1 and f"--save_dir {save_dir}: saving step 6 failed on rank 0" in lines[0], proc.stdout[-3000:]
+    assert "Traceback" not in proc.stdout
+    assert sorted(p.name for p in save_dir.iterdir()) == [".run.lock", "step-2", "step-4"]
+    assert tree_hash(save_dir) == before
+
+
 def test_resume_auto_says_what_it_found(tmp_path):
     run = train(RUN + ["--save_dir", tmp_path / "typo", "--resume", "auto", "--max_steps", "1"], tmp_path / "logs",
                 nproc=1)
@@ -228,3 +249,11 @@ def test_each_stage_logs_beside_its_checkpoints_and_never_into_another_runs_metr
         f"error: --tensorboard_dir {tmp_path / 's1' / 'logs'} already holds metrics.jsonl of an earlier run: give a "
         "new --tensorboard_dir, continue that run with --resume auto, or pass --overwrite_checkpoints"]
     assert (tmp_path / "s1" / "logs" / "metrics.jsonl").read_bytes() == before
+
+
+def test_the_disk_space_refusal_gives_figures_a_reader_can_use():
+    """It said "0.0 GiB free ... needs 0.0 GiB" for a small model on a nearly full disk."""
+    from colossal_hammer.training.preflight import size_text
+
+    assert [size_text(n) for n in (139_584 * 16, 700, 3 * 2**30, 5 * 2**10)] == [
+        "2.1 MiB", "700 bytes", "3.0 GiB", "5.0 KiB"]

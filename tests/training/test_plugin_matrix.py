@@ -17,8 +17,12 @@ from tests.training.sft_data import tiny_model, uneven_sft_dataset
 SAMPLES = 24
 # Gemini keeps chunks below 32 Mi elements whole; tiny chunks make it shard the tiny model for real.
 SHARDED_GEMINI = {"COLOSSAL_HAMMER_GEMINI_CHUNK_M": "0.01"}
-# name: (flags, world size, data-parallel size, relative tolerance against DDP fp32). Measured on this
-# machine: bf16 rows 0.9e-4 to 1.7e-4, pp2 fp32 1.2e-7, sp all_to_all (bf16, eager attention) 6.0e-3.
+# name: (flags, world size, data-parallel size, relative tolerance of the loss against DDP fp32). Measured on
+# this machine: bf16 rows 0.8e-4 to 1.6e-4, pp2 fp32 6.4e-8, sp all_to_all (bf16, eager attention) 6.0e-3.
+# Gradient norms: fp32 rows within the loss's tolerance (pp2 1.6e-5); bf16 gradients carry 8 bits of mantissa,
+# and their norms differ by 2.6e-3 to 5.4e-3 (tp2, zero2, gemini): GRAD_NORM_BF16 for those, 200 times below
+# what a gradient scaled by 2 gives (1.0).
+GRAD_NORM_BF16 = 1e-2
 CONFIGS = {
     "ddp": (["--plugin", "ddp", "--mixed_precision", "fp32"], 2, 2, 1e-5),
     "zero2": (["--plugin", "zero2", "--mixed_precision", "bf16"], 2, 2, 1e-3),
@@ -122,6 +126,7 @@ def test_plugin_trains_skips_resumes_and_matches_ddp(name, setup, tmp_path):
     # it): the gradient norm of every step is compared too, each norm the plugin's own, before clipping.
     ref = ddp_reference(setup, dp)["records"]
     worst = {key: largest_difference(records, ref, key) for key in ("loss", "grad_norm")}
+    grad_tolerance = GRAD_NORM_BF16 if "bf16" in flags else tolerance
     print(f"\n{name}: {len(a)} steps, largest relative difference to ddp: loss {worst['loss']:.2e}, grad norm "
-          f"{worst['grad_norm']:.2e} (tolerance {tolerance:.0e})")
-    assert worst["loss"] <= tolerance and worst["grad_norm"] <= tolerance, worst
+          f"{worst['grad_norm']:.2e} (tolerances {tolerance:.0e}, {max(tolerance, grad_tolerance):.0e})")
+    assert worst["loss"] <= tolerance and worst["grad_norm"] <= max(tolerance, grad_tolerance), worst
