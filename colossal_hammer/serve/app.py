@@ -25,6 +25,8 @@ from .engine import Chunk, Engine, SamplingParams
 from .prompts import chat_prompt_ids, completion_prompt_ids
 from .protocol import RequestError
 
+DISCONNECT_POLL_S = 0.25  # how soon a client that left frees its batch row; a check is one cheap receive()
+
 
 @dataclass
 class Served:
@@ -74,12 +76,19 @@ class Generation:
     async def chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The chunks until the finishing one; a client that disconnects cancels the request."""
         try:
+            checked = time.monotonic()
             while True:
                 try:
-                    chunk = await asyncio.wait_for(self.queue.get(), timeout=1.0)
+                    chunk = await asyncio.wait_for(self.queue.get(), timeout=DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
+                    chunk = None
+                # checked by the clock, not only when no chunk came: a non-streaming client hears nothing
+                # until the end, and chunks that keep coming must not hide that it left
+                if time.monotonic() - checked >= DISCONNECT_POLL_S:
                     if await request.is_disconnected():
                         return
+                    checked = time.monotonic()
+                if chunk is None:
                     continue
                 yield chunk
                 if chunk.finish_reason:
