@@ -82,3 +82,12 @@ def test_completions_bad_prompt_and_unknown_route(live, client):
     assert r.status_code == 404 and "error" in r.json()
     assert httpx.get(f"{live.url}/v1/chat/completions").status_code == 405
     works(client)
+
+
+def test_tiny_top_p_keeps_the_top_token(client):
+    """top_p 1e-300 is 0 in float32: without care every token was cut and sampling failed (500)."""
+    greedy = client.chat.completions.create(model="tiny-chat", messages=USER, max_tokens=4, temperature=0)
+    for top_p in (1e-300, 5e-324):
+        reply = client.chat.completions.create(model="tiny-chat", messages=USER, max_tokens=4, top_p=top_p, seed=3)
+        assert reply.choices[0].message.content == greedy.choices[0].message.content  # only the top token is left
+    assert client.completions.create(model="tiny-chat", prompt="a", max_tokens=3, top_p=1e-300).choices[0].text
