@@ -17,7 +17,7 @@ from importlib import resources
 from typing import AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from . import protocol
@@ -38,8 +38,9 @@ class Served:
     max_request_bytes: int = 1 << 20
 
 
-def error_response(e: RequestError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+def error_response(e: RequestError) -> Response:
+    # ASCII JSON: a message may quote what the client sent, lone surrogates included, which UTF-8 cannot carry
+    return Response(json.dumps(e.body()), status_code=e.status, media_type="application/json")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
