@@ -39,3 +39,11 @@ def test_adapter_that_matches_no_module_is_refused(served_model, tmp_path):
     weights = load_file(adapter / "adapter_model.safetensors")
     save_file({k.replace(".layers.", ".blocks."): v for k, v in weights.items()}, adapter / "adapter_model.safetensors")
     assert_one_error_line(serve("--model", served_model, "--adapter", str(adapter)), f"--adapter {adapter}")
+
+
+def test_empty_api_key_is_refused(served_model):
+    """An empty key (a variable set to nothing) would make every request a 401 with nothing said at start."""
+    assert_one_error_line(serve("--model", served_model, env={"COLOSSAL_HAMMER_API_KEY": ""}),
+                          "--api_key", "COLOSSAL_HAMMER_API_KEY", "empty")
+    assert_one_error_line(serve("--model", served_model, "--api_key", " "), "--api_key", "empty")
+
