@@ -82,6 +82,11 @@ def load(model_path: str, adapter: Optional[str] = None, device: str = "cpu", dt
             raise InputError(f"--adapter {adapter}: does not load onto {model_path}: {_first_line(e)}") from None
         _check_adapter_weights(peft_model, adapter, model_path)
         model = peft_model.merge_and_unload()
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # ids past the embedding would fail every forward pass that meets them
+        raise InputError(f"{flag} {model_path}: its tokenizer has {len(tokenizer)} tokens but its embedding only "
+                         f"{rows} rows; give the tokenizer it was trained with, or resize it with "
+                         f"`python -m colossal_hammer.model.init_embeddings`")
     return model.to(device).eval(), tokenizer
 
 

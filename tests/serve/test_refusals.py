@@ -47,3 +47,16 @@ def test_empty_api_key_is_refused(served_model):
                           "--api_key", "COLOSSAL_HAMMER_API_KEY", "empty")
     assert_one_error_line(serve("--model", served_model, "--api_key", " "), "--api_key", "empty")
 
+
+def test_embedding_smaller_than_the_tokenizer_is_refused(tokenizer_dir, tmp_path):
+    """Token ids past the embedding would fail every forward pass that meets them (500s)."""
+    from tests.conftest import save_tiny_llama
+    from transformers import AutoModelForCausalLM
+
+    folder = str(tmp_path / "small-embedding")
+    save_tiny_llama(tokenizer_dir, folder)
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    tokens = model.config.vocab_size
+    model.resize_token_embeddings(tokens - 100)
+    model.save_pretrained(folder)
+    assert_one_error_line(serve("--model", folder), f"--model {folder}", str(tokens), str(tokens - 100))
