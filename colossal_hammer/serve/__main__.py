@@ -58,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(args) -> ServeConfig:
     check_positive(args.max_batch_size, "--max_batch_size")
     check_positive(args.max_request_bytes, "--max_request_bytes")
+    if args.api_key is not None and not args.api_key.strip():
+        # a variable set to nothing would otherwise make every request a 401, with nothing said here
+        raise InputError("--api_key (or $COLOSSAL_HAMMER_API_KEY) is empty: every request would be refused; "
+                         "give a key, or unset the variable to serve without one")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port {args.port}: must be in 0..65535")
     if args.device is None:

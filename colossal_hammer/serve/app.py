@@ -17,13 +17,15 @@ from importlib import resources
 from typing import AsyncIterator, Optional
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
 from . import protocol
 from .engine import Chunk, Engine, SamplingParams
 from .prompts import chat_prompt_ids, completion_prompt_ids
 from .protocol import RequestError
+
+DISCONNECT_POLL_S = 0.25  # how soon a client that left frees its batch row; a check is one cheap receive()
 
 
 @dataclass
@@ -36,8 +38,9 @@ class Served:
     max_request_bytes: int = 1 << 20
 
 
-def error_response(e: RequestError) -> JSONResponse:
-    return JSONResponse(e.body(), status_code=e.status)
+def error_response(e: RequestError) -> Response:
+    # ASCII JSON: a message may quote what the client sent, lone surrogates included, which UTF-8 cannot carry
+    return Response(json.dumps(e.body()), status_code=e.status, media_type="application/json")
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -74,12 +77,19 @@ class Generation:
     async def chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The chunks until the finishing one; a client that disconnects cancels the request."""
         try:
+            checked = time.monotonic()
             while True:
                 try:
-                    chunk = await asyncio.wait_for(self.queue.get(), timeout=1.0)
+                    chunk = await asyncio.wait_for(self.queue.get(), timeout=DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
+                    chunk = None
+                # checked by the clock, not only when no chunk came: a non-streaming client hears nothing
+                # until the end, and chunks that keep coming must not hide that it left
+                if time.monotonic() - checked >= DISCONNECT_POLL_S:
                     if await request.is_disconnected():
                         return
+                    checked = time.monotonic()
+                if chunk is None:
                     continue
                 yield chunk
                 if chunk.finish_reason:

@@ -77,8 +77,9 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
     probs = torch.softmax(logits, dim=-1)
     if params.top_p < 1.0:
         sorted_probs, order = torch.sort(probs, descending=True)
-        # keep the smallest set whose mass reaches top_p (the first token always stays)
+        # keep the smallest set whose mass reaches top_p
         drop = torch.cumsum(sorted_probs, 0) - sorted_probs >= params.top_p
+        drop[0] = False  # the top token always stays: a top_p like 1e-300 is 0 in float32 and would drop it too
         sorted_probs[drop] = 0
         probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
     return int(torch.multinomial(probs, 1, generator=generator))

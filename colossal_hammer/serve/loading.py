@@ -38,6 +38,25 @@ def check_adapter(path: Optional[str], flag: str = "--adapter") -> Optional[str]
     return path
 
 
+def _check_adapter_weights(peft_model, adapter: str, model_path: str) -> None:
+    """Every LoRA weight the model expects must be in the adapter's file.
+
+    peft loads the file non-strictly: weights saved under other module names load as nothing, the
+    LoRA layers keep their initial (zero) update, and the base model would be served as if adapted.
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors import safe_open
+
+    with safe_open(os.path.join(adapter, "adapter_model.safetensors"), framework="pt") as f:
+        saved = set(f.keys())
+    expected = set(get_peft_model_state_dict(peft_model))  # the names save_pretrained writes
+    missing = sorted(expected - saved)
+    if missing:
+        what = (f"none of its weights match a module of {model_path}" if len(missing) == len(expected) else
+                f"{len(missing)} of the {len(expected)} LoRA weights that {model_path} needs are not in it")
+        raise InputError(f"--adapter {adapter}: {what} (first missing: {missing[0]}); was it saved for another model?")
+
+
 def load(model_path: str, adapter: Optional[str] = None, device: str = "cpu", dtype: str = "auto",
          flag: str = "--model") -> Tuple[object, object]:
     """(model in eval mode on `device`, tokenizer); InputError naming the flag when either does not load."""
@@ -58,9 +77,16 @@ def load(model_path: str, adapter: Optional[str] = None, device: str = "cpu", dt
         try:
             from peft import PeftModel
 
-            model = PeftModel.from_pretrained(model, adapter, use_safetensors=True).merge_and_unload()
+            peft_model = PeftModel.from_pretrained(model, adapter, use_safetensors=True)
         except (OSError, ValueError, KeyError, RuntimeError) as e:
             raise InputError(f"--adapter {adapter}: does not load onto {model_path}: {_first_line(e)}") from None
+        _check_adapter_weights(peft_model, adapter, model_path)
+        model = peft_model.merge_and_unload()
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:  # ids past the embedding would fail every forward pass that meets them
+        raise InputError(f"{flag} {model_path}: its tokenizer has {len(tokenizer)} tokens but its embedding only "
+                         f"{rows} rows; give the tokenizer it was trained with, or resize it with "
+                         f"`python -m colossal_hammer.model.init_embeddings`")
     return model.to(device).eval(), tokenizer
 
 

@@ -44,9 +44,26 @@ def parse_body(raw: bytes) -> dict:
         body = json.loads(raw)
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise RequestError(f"the body is not valid JSON: {e}", code="invalid_json") from None
+    except RecursionError:  # the parser recurses once per level: [[[[…]]]] a few thousand deep ends it
+        raise RequestError("the body's JSON is nested too deeply", code="invalid_json") from None
     if not isinstance(body, dict):
         raise RequestError("the body must be a JSON object", code="invalid_json")
     return body
+
+
+def _shown(value) -> str:
+    """A refused value, short, for an error message."""
+    return json.dumps(value, ensure_ascii=False)[:50]
+
+
+def _text(value: str, param: str) -> str:
+    """`value` if it is Unicode text; JSON's \\ud800 escapes can carry lone surrogates no tokenizer can take."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise RequestError(f"'{param}' holds a lone UTF-16 surrogate ({value[e.start]!a} at character {e.start}), "
+                           f"which is not text", param) from None
+    return value
 
 
 def _number(body: dict, name: str, default: float, low: float, high: float = math.inf,
@@ -55,7 +72,7 @@ def _number(body: dict, name: str, default: float, low: float, high: float = mat
     if value is None:
         return default
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise RequestError(f"'{name}' must be a number, got {json.dumps(value)[:50]}", name)
+        raise RequestError(f"'{name}' must be a number, got {_shown(value)}", name)
     too_low = value < low if low_inclusive else value <= low
     if too_low or value > high:
         bound = f"{'at least' if low_inclusive else 'more than'} {low:g}" + (f" and at most {high:g}"
@@ -69,7 +86,7 @@ def _integer(body: dict, name: str, low: int, high: Optional[int] = None) -> Opt
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
-        raise RequestError(f"'{name}' must be an integer, got {json.dumps(value)[:50]}", name)
+        raise RequestError(f"'{name}' must be an integer, got {_shown(value)}", name)
     if value < low or (high is not None and value > high):
         within = f"at least {low}" if high is None else f"between {low} and {high}"
         raise RequestError(f"'{name}' must be {within}, got {value}", name)
@@ -81,7 +98,7 @@ def _boolean(body: dict, name: str) -> bool:
     if value is None:
         return False
     if not isinstance(value, bool):
-        raise RequestError(f"'{name}' must be true or false, got {json.dumps(value)[:50]}", name)
+        raise RequestError(f"'{name}' must be true or false, got {_shown(value)}", name)
     return value
 
 
@@ -112,6 +129,8 @@ def common(body: dict, served_model: str) -> Common:
         raise RequestError("'stop' must be a string or a list of strings", "stop")
     if len(stops) > MAX_STOP:
         raise RequestError(f"'stop' holds {len(stops)} strings; at most {MAX_STOP}", "stop")
+    for s in stops:
+        _text(s, "stop")
     max_tokens = _integer(body, "max_completion_tokens", 1)
     max_tokens = _integer(body, "max_tokens", 1) if max_tokens is None else max_tokens
     top_k = _integer(body, "top_k", -1)
@@ -125,13 +144,13 @@ def common(body: dict, served_model: str) -> Common:
 def _content(message: dict, i: int) -> str:
     content = message.get("content")
     if isinstance(content, str):
-        return content
+        return _text(content, f"messages[{i}].content")
     # OpenAI's content parts: text parts are text; anything else (images, audio) this model cannot read
     if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text"
                                          and isinstance(p.get("text"), str) for p in content):
-        return "".join(p["text"] for p in content)
+        return _text("".join(p["text"] for p in content), f"messages[{i}].content")
     raise RequestError(f"'messages[{i}].content' must be a string (or a list of text parts), got "
-                       f"{json.dumps(content, ensure_ascii=False)[:50]}", f"messages[{i}].content")
+                       f"{_shown(content)}", f"messages[{i}].content")
 
 
 def messages(body: dict) -> List[dict]:
@@ -146,7 +165,7 @@ def messages(body: dict) -> List[dict]:
         role = m.get("role")
         if role not in ROLES:
             raise RequestError(f"'messages[{i}].role' must be one of {', '.join(ROLES)}, got "
-                               f"{json.dumps(role)[:50]}", f"messages[{i}].role")
+                               f"{_shown(role)}", f"messages[{i}].role")
         out.append({"role": "system" if role == "developer" else role, "content": _content(m, i)})
     turns = out[1:] if out[0]["role"] == "system" else out
     for i, m in enumerate(turns):
@@ -168,7 +187,7 @@ def prompt(body: dict):
     if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
         value = value[0]
     if isinstance(value, str):
-        return value
+        return _text(value, "prompt")
     if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
         return value
     raise RequestError("'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")

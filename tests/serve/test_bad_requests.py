@@ -82,3 +82,36 @@ def test_completions_bad_prompt_and_unknown_route(live, client):
     assert r.status_code == 404 and "error" in r.json()
     assert httpx.get(f"{live.url}/v1/chat/completions").status_code == 405
     works(client)
+
+
+NESTED = b'{"messages": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"  # far deeper than Python's recursion limit
+
+
+@pytest.mark.parametrize("raw, path, status, param", [
+    # a lone UTF-16 surrogate is valid JSON but no text: the tokenizer cannot take it
+    (rb'{"messages": [{"role": "user", "content": "a\ud800b"}]}', "/v1/chat/completions", 400, "messages[0].content"),
+    (rb'{"messages": [{"role": "user", "content": [{"type": "text", "text": "\udfff"}]}]}', "/v1/chat/completions",
+     400, "messages[0].content"),
+    (rb'{"prompt": "a\ud800b"}', "/v1/completions", 400, "prompt"),
+    (rb'{"prompt": ["\ud800"]}', "/v1/completions", 400, "prompt"),
+    (rb'{"prompt": "a", "max_tokens": 2, "stop": ["\ud800"]}', "/v1/completions", 400, "stop"),
+    (rb'{"model": "\ud800", "prompt": "a"}', "/v1/completions", 404, "model"),
+    (NESTED, "/v1/chat/completions", 400, None),
+    (NESTED, "/v1/completions", 400, None),
+])
+def test_bad_text_and_nesting(live, client, raw, path, status, param):
+    for stream in (b"false", b"true"):
+        r = post(live, raw[:-1] + b', "stream": ' + stream + b"}", path=path)
+        error = r.json()["error"]
+        assert r.status_code == status and error["param"] == param, r.text
+        assert "Traceback" not in r.text and "TextEncodeInput" not in r.text and "internal" not in r.text
+    works(client)
+
+
+def test_tiny_top_p_keeps_the_top_token(client):
+    """top_p 1e-300 is 0 in float32: without care every token was cut and sampling failed (500)."""
+    greedy = client.chat.completions.create(model="tiny-chat", messages=USER, max_tokens=4, temperature=0)
+    for top_p in (1e-300, 5e-324):
+        reply = client.chat.completions.create(model="tiny-chat", messages=USER, max_tokens=4, top_p=top_p, seed=3)
+        assert reply.choices[0].message.content == greedy.choices[0].message.content  # only the top token is left
+    assert client.completions.create(model="tiny-chat", prompt="a", max_tokens=3, top_p=1e-300).choices[0].text

@@ -1,5 +1,7 @@
 """Concurrent requests are decoded in one batch, each exactly as it is alone; a client that leaves frees its row."""
 
+import json
+import socket
 import threading
 import time
 
@@ -59,4 +61,29 @@ def test_client_that_disconnects_frees_its_row(live, client):
         time.sleep(0.05)
     assert engine.batch is None and row.cancelled
     assert len(row.generated) < 2000  # the row went with the client, long before its 2000 tokens
+    assert streamed_text(client, "hi", temperature=0, max_tokens=3)[1] == "length"
+
+
+def test_non_streaming_clients_that_disconnect_free_their_rows(live, client):
+    """A client waiting for a whole reply that hangs up frees its row too (it used to decode to max_tokens)."""
+    engine = live.app.state.served.engine
+    body = json.dumps({"messages": [{"role": "user", "content": "a long story"}], "max_tokens": 2000,
+                       "temperature": 0}).encode()
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {API_KEY}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n").encode()
+    sockets = [socket.create_connection(("127.0.0.1", live.port), timeout=30) for _ in range(4)]
+    for s in sockets:
+        s.sendall(head + body)
+    deadline = time.time() + 30
+    while (engine.batch is None or len(engine.batch.rows) < 4) and time.time() < deadline:
+        time.sleep(0.01)  # each row joins the batch after its first token
+    rows = list(engine.batch.rows)
+    assert len(rows) == 4
+    for s in sockets:
+        s.close()
+    deadline = time.time() + 60
+    while engine.batch is not None and time.time() < deadline:
+        time.sleep(0.05)
+    assert engine.batch is None and all(r.cancelled for r in rows)
+    assert all(len(r.generated) < 2000 for r in rows)  # they went with their clients, long before 2000 tokens
     assert streamed_text(client, "hi", temperature=0, max_tokens=3)[1] == "length"
