@@ -20,7 +20,9 @@ T = TypeVar("T")
 
 
 class InputError(Exception):
-    """A user mistake: the message is one line naming file, line and field."""
+    """The one error idiom of every command: something the user can act on (a bad flag or file, a run that
+    stopped for a reason it names), in one line naming the file, line and field or the flag. The CLI runner
+    (run_cli, and train.py's main on rank 0 only) prints it as `error: ...` and exits with status 2."""
 
 
 def describe_os_error(e: OSError) -> str:

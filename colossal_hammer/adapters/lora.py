@@ -13,6 +13,7 @@ import os
 from typing import Optional
 
 from ..digest import weights_sha256
+from ..errors import InputError
 
 # the linear layers of a Llama block; peft's "all-linear" would also take lm_head
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -46,30 +47,30 @@ def check(cfg, cuda: bool) -> None:
     """One line for a LoRA run that cannot work, before anything is built."""
     if not enabled(cfg):
         if cfg.lora_quantize:
-            raise SystemExit("error: --lora_quantize needs --lora_rank R (QLoRA trains adapters on a 4-bit base)")
+            raise InputError("--lora_quantize needs --lora_rank R (QLoRA trains adapters on a 4-bit base)")
         return
     works = "use --plugin zero2 (or ddp, zero2_cpu)"
     if cfg.plugin in ("gemini", "gemini_auto"):
-        raise SystemExit(f"error: --lora_rank: Colossal-AI's GeminiPlugin has no LoRA support; {works}")
+        raise InputError(f"--lora_rank: Colossal-AI's GeminiPlugin has no LoRA support; {works}")
     if cfg.plugin == "3d":
         # enable_lora asserts tp 1; at tp 1 Colossal-AI 0.5.0's shardformer fails on the PeftModel (tried:
         # with pp its Llama policy looks for embed_tokens on peft's wrapper; with zero it cannot replace the
         # frozen lm_head of the lazily built model)
-        raise SystemExit(f"error: --lora_rank under --plugin 3d: Colossal-AI 0.5.0's shardformer cannot "
+        raise InputError(f"--lora_rank under --plugin 3d: Colossal-AI 0.5.0's shardformer cannot "
                          f"shard a peft model (tp > 1 unsupported, pp/zero fail in its Llama policy); {works}")
     if cfg.plugin == "moe":
         # tried: it trains an upcycled bf16 Mixtral (losses within 1.6e-4 of ddp's), but fails while materialising
         # the lazily built peft model of one saved in fp32 ("only change requires_grad flags of leaf variables")
-        raise SystemExit(f"error: --lora_rank under --plugin moe: Colossal-AI 0.5.0's lazy initialisation fails on "
+        raise InputError(f"--lora_rank under --plugin moe: Colossal-AI 0.5.0's lazy initialisation fails on "
                          f"the peft model of an fp32 checkpoint trained in bf16; {works} (every expert on every rank)")
     if not (cfg.pretrained or cfg.load_weights_only):
-        raise SystemExit("error: --lora_rank needs --pretrained DIR (or --load_weights_only DIR): a checkpoint "
+        raise InputError("--lora_rank needs --pretrained DIR (or --load_weights_only DIR): a checkpoint "
                          "holds only the adapters, and they are applied to those weights")
     if cfg.lora_quantize and not cuda:
-        raise SystemExit("error: --lora_quantize (QLoRA: bitsandbytes 4-bit base) needs a CUDA GPU; on this "
+        raise InputError("--lora_quantize (QLoRA: bitsandbytes 4-bit base) needs a CUDA GPU; on this "
                          "host train the adapters on a bf16 base (drop --lora_quantize)")
     if not module_names(cfg.lora_target_modules):
-        raise SystemExit("error: --lora_target_modules: give module names, e.g. q_proj,v_proj")
+        raise InputError("--lora_target_modules: give module names, e.g. q_proj,v_proj")
 
 
 def lora_config(cfg):
@@ -89,7 +90,7 @@ def apply(booster, model, cfg):
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     missing = [n for n in module_names(cfg.lora_target_modules) + module_names(cfg.lora_modules_to_save) if n not in present]
     if missing:
-        raise SystemExit(f"error: --lora_target_modules/--lora_modules_to_save: {', '.join(missing)} name no module "
+        raise InputError(f"--lora_target_modules/--lora_modules_to_save: {', '.join(missing)} name no module "
                          f"of this model (its linear layers: {', '.join(LLAMA_LINEARS)}; embed_tokens, lm_head)")
     return booster.enable_lora(model, lora_config=lora_config(cfg), quantize=cfg.lora_quantize)
 
@@ -139,7 +140,7 @@ def load_adapter(boosted, folder: str) -> None:
     result = set_peft_model_state_dict(model, saved)
     unexpected = getattr(result, "unexpected_keys", [])
     if unexpected:
-        raise SystemExit(f"error: {folder}: adapter weights {unexpected[:3]} do not fit this model's adapters; "
+        raise InputError(f"{folder}: adapter weights {unexpected[:3]} do not fit this model's adapters; "
                          "resume with the --lora_* flags that saved it")
 
 

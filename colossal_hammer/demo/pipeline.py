@@ -120,7 +120,7 @@ class Demo:
         output = relay(proc.stdout)
         if proc.wait():
             print(output[-5000:])
-            raise SystemExit(f"error: demo step failed: {shown}")
+            raise InputError(f"demo step failed: {shown}")
         self.log.append((shown, time.time() - start))
         return output
 

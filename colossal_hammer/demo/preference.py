@@ -19,6 +19,7 @@ import json
 import random
 from pathlib import Path
 from typing import Dict, List, Tuple
+from ..errors import InputError
 
 QUESTION = "这句话属于哪个新闻类别？{}"
 ANSWER = "这是一条{}新闻。"
@@ -54,7 +55,7 @@ def check_sft_form(sft_jsonl: Path) -> None:
     asked, answered = first[0]["content"], first[1]["content"]
     prefix, suffix = ANSWER.split("{}")
     if not asked.startswith(QUESTION.split("{}")[0]) or not (answered.startswith(prefix) and answered.endswith(suffix)):
-        raise SystemExit(f"error: {sft_jsonl}:1: messages: the SFT question/answer form changed; update "
+        raise InputError(f"{sft_jsonl}:1: messages: the SFT question/answer form changed; update "
                          f"colossal_hammer/demo/preference.py QUESTION and ANSWER to match it")
 
 

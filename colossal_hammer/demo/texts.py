@@ -13,12 +13,13 @@ import importlib.util
 import json
 import os
 from typing import Dict, List
+from ..errors import InputError
 
 
 def package_dir(name: str) -> str:
     spec = importlib.util.find_spec(name)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"error: the package {name!r} is not installed (run `make setup`)")
+        raise InputError(f"the package {name!r} is not installed (run `make setup`)")
     return spec.submodule_search_locations[0]
 
 

@@ -10,6 +10,7 @@ import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
 from ..moe.models import MOE_CONFIGS, MOE_MODEL_TYPES, mixtral_config
+from ..errors import InputError
 
 # Named configs for runs without pretrained weights. Head counts are divisible by 2 and 4 so tensor
 # parallelism can split them; vocab sizes are multiples of 64 for the same reason.
@@ -49,7 +50,7 @@ def load_config(spec: str):
     if spec in MOE_CONFIGS:
         return mixtral_config(MOE_CONFIGS[spec])
     if not os.path.isfile(spec):
-        raise SystemExit(f"error: --model_config {spec!r} is neither {sorted(NAMED_CONFIGS) + sorted(MOE_CONFIGS)} "
+        raise InputError(f"--model_config {spec!r} is neither {sorted(NAMED_CONFIGS) + sorted(MOE_CONFIGS)} "
                          "nor a JSON file")
     with open(spec, encoding="utf-8") as f:
         values = json.load(f)
@@ -58,7 +59,7 @@ def load_config(spec: str):
         return LlamaConfig(**values)
     if kind in MOE_MODEL_TYPES:
         return mixtral_config(values)
-    raise SystemExit(f"error: --model_config {spec}: model_type {kind!r}; give 'llama' (LlamaConfig) or "
+    raise InputError(f"--model_config {spec}: model_type {kind!r}; give 'llama' (LlamaConfig) or "
                      f"{' or '.join(map(repr, MOE_MODEL_TYPES))} (MixtralConfig)")
 
 
@@ -153,7 +154,7 @@ def build_model(pretrained: str | None, model_config: str | None, seed: int, dty
         pad_vocabulary(model, vocab_multiple)
         return model
     if not os.path.isdir(pretrained):
-        raise SystemExit(f"error: --pretrained {pretrained!r} is not a folder")
+        raise InputError(f"--pretrained {pretrained!r} is not a folder")
     with lazy_ctx or nullcontext():
         model = AutoModelForCausalLM.from_pretrained(
             pretrained, torch_dtype=dtype, attn_implementation=attn_implementation, use_safetensors=None

@@ -6,7 +6,7 @@ import json
 import sys
 from typing import List, Optional
 
-from ..errors import run_cli
+from ..errors import InputError, run_cli
 from . import devices, report
 from .config import parse
 from .search import cluster_of, evaluate, search, shape_problem, smallest_change
@@ -18,7 +18,7 @@ def plan_dict(argv: Optional[List[str]] = None) -> dict:
     shape = load_shape(cfg)
     problem = shape_problem(cfg, shape)
     if problem:
-        raise SystemExit(f"error: {problem}")
+        raise InputError(f"{problem}")
     cluster = cluster_of(cfg, devices.resolve(cfg.gpu, cfg.gpu_memory_gb, cfg.peak_tflops))
     plan = evaluate(cfg, shape, cluster)
     change = None
@@ -32,13 +32,7 @@ def plan_dict(argv: Optional[List[str]] = None) -> dict:
 
 def main(argv: Optional[List[str]] = None) -> None:
     """One `error:` line and status 2 for bad flags, as train.py."""
-    try:
-        out = run_cli(lambda: plan_dict(argv))
-    except SystemExit as e:
-        if not isinstance(e.code, str):
-            raise
-        print(e.code, file=sys.stderr)
-        raise SystemExit(2) from None
+    out = run_cli(lambda: plan_dict(argv))
     as_json = out.pop("_json")
     try:
         print(json.dumps(out, indent=2) if as_json else report.text(out), flush=True)

@@ -9,6 +9,7 @@ from typing import List, Optional
 from ..training.config import TrainConfig, _f, build_parser
 from .devices import DEVICE_NAMES
 from .shapes import MOE_NOT_PLANNED
+from ..errors import InputError
 
 
 @dataclass
@@ -35,24 +36,24 @@ class PlanConfig(TrainConfig):
             self.benchmark = True
         super().validate()
         if self.gpu is None and not (self.gpu_memory_gb and self.peak_tflops):
-            raise SystemExit(f"error: --gpu: give a device ({', '.join(DEVICE_NAMES)}) or both --gpu_memory_gb "
+            raise InputError(f"--gpu: give a device ({', '.join(DEVICE_NAMES)}) or both --gpu_memory_gb "
                              "and --peak_tflops")
         for name in ("nodes", "gpus_per_node", "top"):
             if getattr(self, name) < 1:
-                raise SystemExit(f"error: --{name} must be >= 1")
+                raise InputError(f"--{name} must be >= 1")
         for name in ("gpu_memory_gb", "host_memory_gb", "tokens", "peak_tflops"):
             if getattr(self, name) is not None and getattr(self, name) <= 0:
-                raise SystemExit(f"error: --{name} must be > 0")
+                raise InputError(f"--{name} must be > 0")
         if self.mfu is not None and not 0 < self.mfu <= 1:
-            raise SystemExit("error: --mfu must be in (0, 1]")
+            raise InputError("--mfu must be in (0, 1]")
         if not 0 <= self.fragmentation < 1:
-            raise SystemExit("error: --fragmentation must be in [0, 1)")
+            raise InputError("--fragmentation must be in [0, 1)")
         if self.plugin == "moe":
-            raise SystemExit(f"error: --plugin moe: {MOE_NOT_PLANNED}")
+            raise InputError(f"--plugin moe: {MOE_NOT_PLANNED}")
         if self.plugin == "3d":
             problem = layout_problem(self, self.nodes * self.gpus_per_node)
             if problem:
-                raise SystemExit(f"error: {problem}")
+                raise InputError(f"{problem}")
 
     def train_flags(self) -> List[str]:
         """The train.py flags of this plan that differ from their defaults (cluster flags left out)."""

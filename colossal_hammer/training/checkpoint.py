@@ -41,7 +41,7 @@ from safetensors import SafetensorError
 
 from ..adapters import lora
 from ..digest import sha256_of_files
-from ..errors import describe_os_error
+from ..errors import InputError, describe_os_error
 from ..tokenizer.files import copy_tokenizer_files
 from . import faults
 from .rank_files import has_rank_optimizer, load_optimizer, read_tensors, save_optimizer, save_tensors
@@ -226,7 +226,7 @@ class Checkpointer:
             shutil.rmtree(tmp, ignore_errors=True)
         dist.barrier()
         rank, reason = failed[0]
-        raise SystemExit(f"error: --save_dir {self.save_dir}: saving step {step} failed on rank {rank} ({reason}); its "
+        raise InputError(f"--save_dir {self.save_dir}: saving step {step} failed on rank {rank} ({reason}); its "
                          "unfinished folder was removed and earlier checkpoints are untouched: free space, then "
                          "continue with --resume auto")
 
@@ -278,7 +278,7 @@ class Checkpointer:
     def load(self, path: str, model, optimizer, lr_scheduler) -> dict:
         """Restore everything into the boosted objects; returns running_states.json."""
         if not os.path.isfile(os.path.join(path, "running_states.json")):
-            raise SystemExit(f"error: {path}: not a complete checkpoint (no running_states.json)")
+            raise InputError(f"{path}: not a complete checkpoint (no running_states.json)")
         if lora.is_adapter_folder(os.path.join(path, "modeling")):
             lora.load_adapter(model, os.path.join(path, "modeling"))
         else:
@@ -287,7 +287,7 @@ class Checkpointer:
             try:
                 load_optimizer(optimizer, os.path.join(path, "optimizer"), self.rank)
             except ValueError as e:
-                raise SystemExit(f"error: {e}; resume it with the flags and number of processes that saved it")
+                raise InputError(f"{e}; resume it with the flags and number of processes that saved it")
         else:
             self.booster.load_optimizer(optimizer, os.path.join(path, "optimizer"))
         lr_scheduler.load_state_dict(_read_json(os.path.join(path, "lr_scheduler", "state.json")))

@@ -3,6 +3,7 @@
 import os
 import sys
 
+from ..errors import InputError
 from ..quiet import silence_known_noise
 from .config import parse_config
 from .loop import run
@@ -30,11 +31,9 @@ def main() -> None:
     silence_known_noise()
     try:
         run(parse_config())
-    except SystemExit as e:
-        if not isinstance(e.code, str):
-            raise
+    except InputError as e:
         if os.environ.get("RANK", "0") == "0":
-            print(e.code, file=sys.stderr, flush=True)
+            print(f"error: {e}", file=sys.stderr, flush=True)
         raise SystemExit(2) from None
 
 

@@ -26,10 +26,7 @@ def weights_source(cfg: TrainConfig) -> Tuple[Optional[str], Optional[str]]:
     `--load_weights_only` takes a checkpoint's step-N folder (whose modeling/ is an HF folder) or an HF
     folder, chosen by what is on disk, never by a substring of the path."""
     if cfg.load_weights_only:
-        try:
-            return hf_folder_of(cfg.load_weights_only, "--load_weights_only"), None
-        except InputError as e:
-            raise SystemExit(f"error: {e}") from None
+        return hf_folder_of(cfg.load_weights_only, "--load_weights_only"), None
     return cfg.pretrained, cfg.model_config
 
 
@@ -43,11 +40,11 @@ def model_config_of(cfg: TrainConfig):
     from transformers import AutoConfig
 
     if not os.path.isfile(os.path.join(weights_dir, "config.json")):
-        raise SystemExit(f"error: --pretrained {weights_dir}: no config.json (an HF model folder has one)")
+        raise InputError(f"--pretrained {weights_dir}: no config.json (an HF model folder has one)")
     try:
         return AutoConfig.from_pretrained(weights_dir)
     except (OSError, ValueError, KeyError) as e:
-        raise SystemExit(f"error: --pretrained {weights_dir}/config.json: {e}") from None
+        raise InputError(f"--pretrained {weights_dir}/config.json: {e}") from None
 
 
 def tokenizer_folder(weights_dir: Optional[str]) -> Optional[str]:
@@ -137,10 +134,7 @@ def make_data(cfg: TrainConfig, vocab_size: int, dp_size: int, dp_rank: int):
     """(dataset, sampler, dataloader). The sampler is ours for datasets and random tokens alike, so the
     sample order is the same for every plugin and data-parallel size, and its state is exact."""
     if cfg.dataset:
-        try:
-            dataset = BinnedDataset(cfg.dataset)
-        except InputError as e:
-            raise SystemExit(f"error: {e}") from None
+        dataset = BinnedDataset(cfg.dataset)
         pad_id = dataset.pad_id
         if cfg.task == "dpo":
             dataset = IndexedDataset(dataset)

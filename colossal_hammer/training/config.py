@@ -15,6 +15,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
+from ..errors import InputError
 
 PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d", "moe")
 
@@ -150,7 +151,7 @@ class TrainConfig:
             try:
                 weights[name] = float(value)
             except ValueError:
-                raise SystemExit(f"error: --category_weights: {item!r} is not NAME=NUMBER") from None
+                raise InputError(f"--category_weights: {item!r} is not NAME=NUMBER") from None
         return weights
 
     def eval_sets(self) -> List[tuple]:
@@ -159,10 +160,10 @@ class TrainConfig:
         for item in self.eval_dataset or []:
             name, sep, folder = item.partition("=")
             if not sep or not name or not folder:
-                raise SystemExit(f"error: --eval_dataset {item}: give NAME=DIR, e.g. heldout_zh=data/heldout_zh")
+                raise InputError(f"--eval_dataset {item}: give NAME=DIR, e.g. heldout_zh=data/heldout_zh")
             if "/" in name or name in seen:
                 what = "contains '/'" if "/" in name else "is given twice"
-                raise SystemExit(f"error: --eval_dataset {item}: the name {name!r} {what}; names label the metrics "
+                raise InputError(f"--eval_dataset {item}: the name {name!r} {what}; names label the metrics "
                                  "eval/NAME/..., give each set its own name without '/'")
             seen.add(name)
             sets.append((name, folder))
@@ -172,54 +173,54 @@ class TrainConfig:
         for f in dataclasses.fields(self):  # `x < 0` is False for NaN: every range check below would pass it
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
-                raise SystemExit(f"error: --{f.name} {value}: give a finite number")  # errors.check_finite's words
+                raise InputError(f"--{f.name} {value}: give a finite number")  # errors.check_finite's words
         if sum(x is not None for x in (self.pretrained, self.model_config, self.load_weights_only)) != 1:
-            raise SystemExit("error: give exactly one of --pretrained DIR, --model_config tiny|small|<json> "
+            raise InputError("give exactly one of --pretrained DIR, --model_config tiny|small|<json> "
                              "or --load_weights_only DIR")
         if bool(self.benchmark) == bool(self.dataset):
-            raise SystemExit("error: give --dataset DIR [DIR ...] or --benchmark (random tokens), not both")
+            raise InputError("give --dataset DIR [DIR ...] or --benchmark (random tokens), not both")
         if self.load_checkpoint and self.resume:
-            raise SystemExit("error: --load_checkpoint and --resume auto are alternatives; give one")
+            raise InputError("--load_checkpoint and --resume auto are alternatives; give one")
         if self.load_weights_only and self.load_checkpoint:
-            raise SystemExit("error: --load_weights_only starts a new stage; --load_checkpoint resumes one: give one")
+            raise InputError("--load_weights_only starts a new stage; --load_checkpoint resumes one: give one")
         if self.plugin not in ("3d", "moe") and (self.tp, self.pp, self.sp, self.zero_stage) != (1, 1, 1, 0):
-            raise SystemExit(f"error: --tp/--pp/--sp/--zero_stage need --plugin 3d or moe (got --plugin {self.plugin})")
+            raise InputError(f"--tp/--pp/--sp/--zero_stage need --plugin 3d or moe (got --plugin {self.plugin})")
         if self.ep < 1 or (self.ep > 1 and self.plugin != "moe"):
-            raise SystemExit(f"error: --ep {self.ep}: an expert-parallel size >= 1, and above 1 only with --plugin moe")
+            raise InputError(f"--ep {self.ep}: an expert-parallel size >= 1, and above 1 only with --plugin moe")
         if self.router_aux_loss_coef < 0 or self.router_z_loss_coef < 0:
-            raise SystemExit("error: --router_aux_loss_coef and --router_z_loss_coef must be >= 0")
+            raise InputError("--router_aux_loss_coef and --router_z_loss_coef must be >= 0")
         if self.plugin.startswith("gemini") and self.mixed_precision == "fp32":
-            raise SystemExit("error: Gemini trains in fp16 or bf16 only; use --mixed_precision bf16")
+            raise InputError("Gemini trains in fp16 or bf16 only; use --mixed_precision bf16")
         if self.plugin == "3d" and self.zero_stage > 0 and self.mixed_precision == "fp32":
-            raise SystemExit("error: --plugin 3d with --zero_stage > 0 trains in fp16 or bf16 only; use --mixed_precision bf16")
+            raise InputError("--plugin 3d with --zero_stage > 0 trains in fp16 or bf16 only; use --mixed_precision bf16")
         for name in ("batch_size", "accumulation_steps", "num_epochs", "microbatch_size", "max_bad_steps"):
             if getattr(self, name) < 1:
-                raise SystemExit(f"error: --{name} must be >= 1")
+                raise InputError(f"--{name} must be >= 1")
         if self.max_length < 2:
-            raise SystemExit("error: --max_length must be >= 2 (a token and the next one to predict)")
+            raise InputError("--max_length must be >= 2 (a token and the next one to predict)")
         for name in ("lr", "weight_decay", "grad_clip", "save_interval", "keep_last", "num_samples"):
             if getattr(self, name) < 0:
-                raise SystemExit(f"error: --{name} must be >= 0 (got {getattr(self, name)})")
+                raise InputError(f"--{name} must be >= 0 (got {getattr(self, name)})")
         if self.lora_rank is not None and self.lora_rank < 1:
-            raise SystemExit(f"error: --lora_rank {self.lora_rank}: a LoRA rank is 1 or more; leave the flag out to "
+            raise InputError(f"--lora_rank {self.lora_rank}: a LoRA rank is 1 or more; leave the flag out to "
                              "train every weight")
         if self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise SystemExit("error: --lora_alpha must be > 0 and --lora_dropout in [0, 1)")
+            raise InputError("--lora_alpha must be > 0 and --lora_dropout in [0, 1)")
         if not self.checkpoint_shard_size > 0:
-            raise SystemExit(f"error: --checkpoint_shard_size must be > 0 MB (got {self.checkpoint_shard_size})")
+            raise InputError(f"--checkpoint_shard_size must be > 0 MB (got {self.checkpoint_shard_size})")
         if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise SystemExit("error: --warmup_steps must be >= 0")
+            raise InputError("--warmup_steps must be >= 0")
         if self.max_steps is not None and self.max_steps < 1:
-            raise SystemExit("error: --max_steps must be >= 1")
+            raise InputError("--max_steps must be >= 1")
         if self.use_neft and self.neft_alpha <= 0:
-            raise SystemExit("error: --neft_alpha must be > 0 with --use_neft")
+            raise InputError("--neft_alpha must be > 0 with --use_neft")
         if self.task == "dpo":
             self._validate_dpo()
         for name in ("eval_interval", "eval_max_tokens"):
             if getattr(self, name) < 0:
-                raise SystemExit(f"error: --{name} must be >= 0 (got {getattr(self, name)})")
+                raise InputError(f"--{name} must be >= 0 (got {getattr(self, name)})")
         if not self.eval_dataset and (self.eval_interval or self.eval_max_tokens or self.eval_tokenizer_dir):
-            raise SystemExit("error: --eval_interval/--eval_max_tokens/--eval_tokenizer_dir need --eval_dataset NAME=DIR")
+            raise InputError("--eval_interval/--eval_max_tokens/--eval_tokenizer_dir need --eval_dataset NAME=DIR")
         self.eval_sets()
         if self.tensorboard_dir is None:
             self.tensorboard_dir = os.path.join(self.save_dir, "logs")
@@ -227,18 +228,18 @@ class TrainConfig:
     def _validate_dpo(self) -> None:
         """What --task dpo cannot combine with, refused before anything starts."""
         if not self.dataset:
-            raise SystemExit("error: --task dpo: give --dataset DIR made by prepare_preference_dataset.py (random "
+            raise InputError("--task dpo: give --dataset DIR made by prepare_preference_dataset.py (random "
                              "tokens hold no preference pairs)")
         if self.beta <= 0:
-            raise SystemExit(f"error: --beta must be > 0 (got {self.beta})")
+            raise InputError(f"--beta must be > 0 (got {self.beta})")
         if self.use_neft:
-            raise SystemExit("error: --task dpo with --use_neft: noisy embeddings would make the policy differ from "
+            raise InputError("--task dpo with --use_neft: noisy embeddings would make the policy differ from "
                              "its reference at step 0; drop --use_neft")
         if self.enable_sequence_parallelism:
-            raise SystemExit("error: --task dpo with --enable_sequence_parallelism: a pair's log-probs are summed "
+            raise InputError("--task dpo with --enable_sequence_parallelism: a pair's log-probs are summed "
                              "over whole sequences; use --tp/--pp without sequence parallelism")
         if self.plugin == "3d" and self.use_flash_attn:
-            raise SystemExit("error: --task dpo --plugin 3d --use_flash_attn: Colossal-AI's flash attention lets the "
+            raise InputError("--task dpo --plugin 3d --use_flash_attn: Colossal-AI's flash attention lets the "
                              "rejected sequence see the chosen one in their shared row; drop --use_flash_attn")
 
     def to_json(self) -> str:

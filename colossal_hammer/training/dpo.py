@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from ..data.packing import IGNORE_INDEX
 from ..model.doc_attention import segment_ids
 from . import faults
+from ..errors import InputError
 
 LOSSES = ("sigmoid", "ipo", "simpo", "orpo")
 REFERENCE_FREE = ("simpo", "orpo")
@@ -126,11 +127,11 @@ class DPOTask:
         from safetensors import safe_open
 
         if not os.path.isfile(path):
-            raise SystemExit(f"error: {path} is missing: the checkpoint holds no DPO reference log-probs; resume it "
+            raise InputError(f"{path} is missing: the checkpoint holds no DPO reference log-probs; resume it "
                              "with the flags it was saved with, or start a new --save_dir")
         with safe_open(path, framework="pt") as f:
             if (f.metadata() or {}) != self._identity():
-                raise SystemExit(f"error: {path}: the reference log-probs belong to other --dataset folders than "
+                raise InputError(f"{path}: the reference log-probs belong to other --dataset folders than "
                                  "this run's; resume with the datasets the run started with")
             return f.get_tensor("logps")
 

@@ -91,8 +91,8 @@ class Trainer:
         samples_per_rank = len(self.sampler.global_order(0)) // self.layout.dp_size
         self.steps_per_epoch = samples_per_rank // (cfg.batch_size * cfg.accumulation_steps)
         if self.steps_per_epoch == 0:
-            raise SystemExit(
-                f"error: {len(self.dataset)} samples give no optimizer step at batch_size {cfg.batch_size} x "
+            raise InputError(
+                f"{len(self.dataset)} samples give no optimizer step at batch_size {cfg.batch_size} x "
                 f"accumulation {cfg.accumulation_steps} x data-parallel {self.layout.dp_size}")
         self.total_steps = cfg.num_epochs * self.steps_per_epoch
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else default_warmup_steps(self.total_steps)
@@ -140,7 +140,7 @@ class Trainer:
         try:
             self.sampler.load_state_dict(states["sampler"])
         except InputError as e:
-            raise SystemExit(f"error: {path}: {e}") from None
+            raise InputError(f"{path}: {e}") from None
         if self.rank == 0:
             note = "" if states["data_parallel_size"] == self.layout.dp_size else (
                 f" (data-parallel size {states['data_parallel_size']} -> {self.layout.dp_size}: the remaining "
@@ -333,16 +333,16 @@ class Trainer:
                   f"({self.bad_steps} in a row)", flush=True)
         if self.bad_steps < self.cfg.max_bad_steps:
             return
-        stopped = f"error: {self.bad_steps} steps in a row had a NaN/inf loss or gradient; stopped."
+        stopped = f"{self.bad_steps} steps in a row had a NaN/inf loss or gradient; stopped."
         saved_step, saved_path = self.last_saved
         if saved_step == self.step:  # skipped steps change nothing: that checkpoint holds these very weights
-            raise SystemExit(f"{stopped} The weights are those of {saved_path}; nothing new saved")
+            raise InputError(f"{stopped} The weights are those of {saved_path}; nothing new saved")
         bad = ~step_guard.local_weights_finite(self.model, self.optimizer)
         if self._global_sum(bad)[0] > 0:
-            raise SystemExit(f"{stopped} The weights are not finite, so nothing is saved; the last good checkpoint "
+            raise InputError(f"{stopped} The weights are not finite, so nothing is saved; the last good checkpoint "
                              f"is {saved_path or 'none (the run started from non-finite weights)'}")
         path = self.save()
-        raise SystemExit(f"{stopped} Last good state saved to {path}")
+        raise InputError(f"{stopped} Last good state saved to {path}")
 
 
 def label_tokens(labels: torch.Tensor) -> int:

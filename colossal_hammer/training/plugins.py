@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import Optional
 
@@ -14,6 +13,7 @@ import torch.distributed as dist
 # planner's module because that one imports no torch.
 from ..plan.layout import VOCAB_MULTIPLE, vocab_multiple  # noqa: F401 (vocab_multiple: components imports it)
 from .config import TrainConfig
+from ..errors import InputError
 
 # What runs on a CPU-only host through colossal_hammer.compat (tests/training/test_plugin_parity.py).
 CPU_PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "3d", "moe")
@@ -25,10 +25,8 @@ def fixed_row_length(cfg: TrainConfig) -> bool:
 
 
 def _refuse(message: str) -> None:
-    """A bad flag combination: one `error:` line (from rank 0 only) and exit status 2, no traceback."""
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(f"error: {message}", file=sys.stderr, flush=True)
-    raise SystemExit(2)
+    """A bad flag combination: one `error:` line (train.py prints it from rank 0 only) and exit status 2."""
+    raise InputError(message)
 
 
 def check_3d(cfg: TrainConfig, world: int) -> None:
@@ -94,14 +92,14 @@ def precision_plan(plugin, cfg: TrainConfig, device_type: str) -> PrecisionPlan:
         return PrecisionPlan(cfg.mixed_precision, None, None, clip_in_loop=False,
                              lazy_init=isinstance(plugin, (GeminiPlugin, HybridParallelPlugin)))
     if cfg.mixed_precision == "fp16" and device_type == "cpu":
-        raise SystemExit("error: --plugin ddp with fp16 needs a GPU (torch AMP loss scaling); use bf16 or fp32")
+        raise InputError("--plugin ddp with fp16 needs a GPU (torch AMP loss scaling); use bf16 or fp32")
     return PrecisionPlan("fp32", autocast="bf16" if cfg.mixed_precision == "bf16" else None,
                          booster_precision="fp16" if cfg.mixed_precision == "fp16" else None,
                          clip_in_loop=cfg.grad_clip > 0, lazy_init=False)
 
 
 def build_plugin(cfg: TrainConfig, model_config=None):
-    """Return the Booster plugin for `cfg.plugin`. Raises SystemExit with one line on a bad combination
+    """Return the Booster plugin for `cfg.plugin`. Raises InputError (one line) on a bad combination
     (`model_config`, the HF config of the model to train, decides what needs the moe plugin)."""
     from colossalai.booster.plugin import HybridParallelPlugin, LowLevelZeroPlugin, TorchDDPPlugin
 
@@ -112,8 +110,8 @@ def build_plugin(cfg: TrainConfig, model_config=None):
         _refuse(why)
 
     if cfg.plugin == "gemini_auto" and compat.is_active():
-        raise SystemExit(
-            "error: gemini_auto places chunks between GPU and host memory by measuring the GPU; a CPU-only "
+        raise InputError(
+            "gemini_auto places chunks between GPU and host memory by measuring the GPU; a CPU-only "
             "host has one memory, so it cannot run here. Plugins that run on CPU: " + ", ".join(CPU_PLUGINS)
         )
     clip = cfg.grad_clip if cfg.grad_clip > 0 else 0.0
@@ -166,7 +164,7 @@ def build_plugin(cfg: TrainConfig, model_config=None):
         return HybridParallelPlugin(**kwargs)
     if cfg.plugin == "moe":
         return moe_plugin.build(cfg, clip)
-    raise SystemExit(f"error: unknown plugin {cfg.plugin!r}")
+    raise InputError(f"unknown plugin {cfg.plugin!r}")
 
 
 # Gemini's chunk size knob, in Mi (2**20) elements; Colossal-AI's default is 32. A model whose parameters
@@ -184,7 +182,7 @@ def _gemini_chunk_m() -> float | None:
     except ValueError:
         value = -1.0
     if not value > 0:
-        raise SystemExit(f"error: {GEMINI_CHUNK_ENV}={raw!r}: give a positive number of Mi (2**20) elements, "
+        raise InputError(f"{GEMINI_CHUNK_ENV}={raw!r}: give a positive number of Mi (2**20) elements, "
                          "e.g. 0.01")
     return value
 

@@ -19,6 +19,7 @@ from .checkpoint import checkpoint_problem, complete_checkpoints, newest_good_ch
 from .config import TrainConfig
 from . import run_lock
 from .rank_files import has_rank_optimizer
+from ..errors import InputError
 
 # Settings a checkpoint cannot be resumed across: the model it started from (which stage it is), and the
 # plugin layout that shaped its optimizer files. The data-parallel size may change (the sampler re-splits)
@@ -35,7 +36,7 @@ CHECKPOINT_BYTES_PER_PARAM = 16
 
 
 def fail(message: str):
-    raise SystemExit(f"error: {message}")
+    raise InputError(message)
 
 
 def agreed(fn: Callable):
@@ -46,14 +47,14 @@ def agreed(fn: Callable):
     if dist.get_rank() == 0:
         try:
             payload = [("ok", fn())]
-        except SystemExit as e:
-            payload = [("error", str(e.code))]
+        except InputError as e:
+            payload = [("error", str(e))]
     dist.broadcast_object_list(payload, src=0)
     kind, value = payload[0]
     if kind == "error":
         if dist.get_rank() == 0:
-            raise SystemExit(value)
-        raise SystemExit(2)
+            raise InputError(value)
+        raise SystemExit(2)  # said by rank 0
     return value
 
 

@@ -50,7 +50,9 @@ def test_check_sft_form_refuses_another_form(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"messages": [{"from": "human", "content": "这句话属于哪个新闻类别？某某"},
                                             {"from": "assistant", "content": "体育"}]}, ensure_ascii=False))
-    with pytest.raises(SystemExit, match="form changed"):
+    from colossal_hammer.errors import InputError
+
+    with pytest.raises(InputError, match="form changed"):
         preference.check_sft_form(bad)
 
 

@@ -78,7 +78,9 @@ def test_model_config_json_picks_the_class(tmp_path):
     (tmp_path / "llama.json").write_text('{"hidden_size": 32, "num_attention_heads": 2}')
     assert load_config(str(tmp_path / "llama.json")).model_type == "llama"
     (tmp_path / "gpt.json").write_text('{"model_type": "gpt2"}')
-    with pytest.raises(SystemExit, match="model_type 'gpt2'"):
+    from colossal_hammer.errors import InputError
+
+    with pytest.raises(InputError, match="model_type 'gpt2'"):
         load_config(str(tmp_path / "gpt.json"))
 
 

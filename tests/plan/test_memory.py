@@ -95,7 +95,9 @@ def test_lora_trains_only_what_peft_makes_trainable():
     assert parts["gradients"] == nbytes(trainable)
     assert parts["optimizer"] == one_adamw_step(trainable)
     # and the plugins LoRA does not run on are refused, in the planner as in train.py
-    with pytest.raises(SystemExit, match="LoRA runs on ddp, zero2, zero2_cpu"):
+    from colossal_hammer.errors import InputError
+
+    with pytest.raises(InputError, match="LoRA runs on ddp, zero2, zero2_cpu"):
         from colossal_hammer.plan.cli import plan_dict
         plan_dict(["--model_config", "small", "--gpu", "a100-80g", "--plugin", "gemini", "--lora_rank", "8"])
 

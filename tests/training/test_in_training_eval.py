@@ -7,6 +7,7 @@ import math
 
 import pytest
 
+from colossal_hammer.errors import InputError
 from colossal_hammer.data.pretrain import main as prepare_pretrain
 from colossal_hammer.data.sft import main as prepare_sft
 from colossal_hammer.demo import texts
@@ -126,8 +127,10 @@ def test_preflight_checks_each_eval_set(item, extra, message, setup, tokenizer_d
     try:
         cfg = parse_config(argv)
         preflight.check_eval_sets(cfg, 3000, cfg.eval_tokenizer_dir)
-    except SystemExit as e:
-        assert message is not None and message.format(**where) in str(e.code) and "\n" not in str(e.code), e.code
+    except InputError as e:
+        assert message is not None, e
+        expected = message.removeprefix("error: ").format(**where)  # train.py prints "error: " before it
+        assert expected in str(e) and "\n" not in str(e), e
     else:
         assert message is None
 
@@ -148,6 +151,6 @@ def test_eval_flags_need_an_eval_dataset():
     from colossal_hammer.training.config import parse_config
 
     for extra in (["--eval_interval", "5"], ["--eval_max_tokens", "-1", "--eval_dataset", "a=b"]):
-        with pytest.raises(SystemExit) as e:
+        with pytest.raises(InputError) as e:
             parse_config([*BENCH, *extra])
-        assert str(e.value.code).startswith("error: --eval_")
+        assert str(e.value).startswith("--eval_")
