@@ -25,6 +25,7 @@ import json
 from collections import Counter, defaultdict
 from typing import Dict, Optional
 
+MANIFEST = "manifest.json"  # its name in the dataset folder, beside the category folders
 
 class Manifest:
     def __init__(self, kind: str, settings: dict, extra: Optional[dict] = None):

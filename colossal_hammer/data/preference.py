@@ -30,7 +30,7 @@ from . import prepare
 from .packing import IGNORE_INDEX
 from .prepare import PrepareConfig, run_prepare
 from .records import (BAD_MESSAGES, DROPPED_BY_TEMPLATE, EMPTY_REPLY, MISSING_FIELD, TOO_LONG, RecordProblem,
-                      load_object, string_field)
+                      category_field, load_object)
 from .sft import ChatSegmenter, Exchange, chat_template, parse_messages, unrendered
 from .tokenize import PartTokenizer, load_tokenizer, pad_id
 
@@ -49,7 +49,7 @@ def _turns(value, field: str, role: str) -> List[dict]:
 def parse_pair(raw: bytes) -> Tuple[List[dict], List[dict], List[dict], str]:
     """(prompt messages, chosen response messages, rejected response messages, category)."""
     obj = load_object(raw)
-    category = string_field(obj, "category", "default")
+    category = category_field(obj)
     chosen = _turns(obj.get("chosen"), "chosen", "assistant")
     rejected = _turns(obj.get("rejected"), "rejected", "assistant")
     prompt_field = "context" if "context" in obj else "prompt"

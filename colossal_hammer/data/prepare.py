@@ -21,7 +21,7 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 from . import output
 from .bins import CategoryBins, content_hash
-from .manifest import Manifest
+from .manifest import MANIFEST, Manifest
 from .packing import OnePerRow, Packer
 from ..errors import InputError
 from .reader import iter_lines, list_input_files
@@ -213,7 +213,7 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
         for name in sorted(categories):
             manifest.category(name, **categories[name].finish())
             digests.update(categories[name].bins.digests)
-        data = manifest.write(os.path.join(tmp_dir, "manifest.json"), content_hash(digests))
+        data = manifest.write(os.path.join(tmp_dir, MANIFEST), content_hash(digests))
         output.replace(tmp_dir, out_dir)
     except BaseException as e:
         bar.close()

@@ -157,6 +157,12 @@ def disk_full(t):
     return "prepare_pretrain_dataset.py", ["--data_input_dirs", t / "in", "--data_output_dirs", t / "out"]
 
 
+def category_named_manifest(t):
+    # the category becomes a folder name: this one would be the folder where the manifest file goes
+    write_jsonl(t / "in" / "a.jsonl", [LINE, dict(LINE, category="manifest.json")])
+    return "prepare_pretrain_dataset.py", ["--data_input_dirs", t / "in", "--data_output_dirs", t / "out"]
+
+
 def overwrite_onto_a_file(t):
     (t / "out").write_text("a file the user keeps")
     return "prepare_pretrain_dataset.py", ["--data_input_dirs", pretrain_input(t), "--data_output_dirs", t / "out",
@@ -181,6 +187,8 @@ CASES = {  # name: (setup, expected in the error line, file size limit)
     "10-output-read-only": (output_under_proc, "cannot create", None),
     "10-disk-full": (disk_full, "failed: File too large", 4096),
     "10-overwrite-onto-a-file": (overwrite_onto_a_file, "is an existing file", None),
+    "poor-category-named-manifest": (category_named_manifest, "a.jsonl:2: field 'category': 'manifest.json' is",
+                                     None),
 }
 
 
