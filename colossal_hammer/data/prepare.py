@@ -15,7 +15,7 @@ import os
 import shutil
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterator, List, Tuple
 
@@ -25,7 +25,7 @@ from .manifest import MANIFEST, Manifest
 from .packing import OnePerRow, Packer
 from ..errors import InputError
 from .reader import iter_lines, list_input_files
-from .records import BLANK
+from .records import ALWAYS_SKIPPED
 
 
 @dataclass
@@ -189,7 +189,7 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
                 manifest.line(name)
                 if kind_ == "skip":
                     reason, detail = rest
-                    if reason != BLANK and cfg.on_error == "fail":
+                    if reason not in ALWAYS_SKIPPED and cfg.on_error == "fail":
                         raise InputError(f"{name}:{line_no}: {detail}")
                     manifest.skipped(name, reason)
                     continue
@@ -208,7 +208,10 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
             bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - start):,.0f}")
         bar.close()
         if not categories:
-            raise InputError(f"{cfg.data_input_dirs}: no document survived (see skipped lines with --on_error skip)")
+            # name what was skipped: identical pairs, say, are skipped whatever --on_error says
+            skipped = sum((f["skipped"] for f in manifest.files.values()), Counter())
+            why = ", ".join(f"{r} {n:,}" for r, n in sorted(skipped.items())) or "no lines"
+            raise InputError(f"{cfg.data_input_dirs}: no document survived (skipped: {why})")
         digests = {}
         for name in sorted(categories):
             manifest.category(name, **categories[name].finish())

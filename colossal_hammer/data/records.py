@@ -23,6 +23,10 @@ DROPPED_BY_TEMPLATE = "dropped_by_template"  # the chat template renders no trac
 # message after the first turn under the Llama-2 template)
 NO_REPLY = "no_reply"  # trailing turns that no assistant reply follows
 RESERVED_CATEGORY = "reserved_category"  # a category whose folder would be the dataset's own manifest.json
+IDENTICAL_PAIR = "identical_pair"  # preference: chosen and rejected tokenize the same, so DPO's gradient on the
+# pair is zero: nothing to learn, and a sign of a broken export upstream
+# Skipped and counted whatever --on_error says: the line is well formed, it just holds nothing to train on.
+ALWAYS_SKIPPED = (BLANK, IDENTICAL_PAIR)
 
 
 class RecordProblem(Exception):
