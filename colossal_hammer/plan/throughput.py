@@ -40,6 +40,22 @@ class Time:
     hours: Optional[float]
 
 
+def tp_spans_nodes(cfg, gpus_per_node: int) -> bool:
+    """Whether some tensor-parallel group crosses a node boundary. Colossal-AI's process-group mesh puts tp
+    innermost, so a group is tp consecutive ranks: it stays in one node only when tp divides the node's
+    GPUs (tp > gpus_per_node is the usual case; tp 4 on nodes of 6 splits some groups too)."""
+    return cfg.plugin == "3d" and gpus_per_node % cfg.tp != 0
+
+
+def tp_spans_nodes_warning(cfg, device: Device, gpus_per_node: int) -> str:
+    # A warning, not a refusal: train.py runs this layout (Colossal-AI accepts it), and nodes too small for the
+    # model's tp may leave no other choice; what the user must know is that it is slow and why.
+    return (f"--tp {cfg.tp} with --gpus_per_node {gpus_per_node}: the tensor-parallel group spans nodes, so its "
+            f"all-reduces (every layer, on the critical path) run over the inter-node link at {INTERNODE_GBS:g} GB/s, "
+            f"not {device.link_gbs:g} GB/s within a node; give a --tp that divides --gpus_per_node (and --pp for "
+            f"the rest) unless memory leaves no other choice")
+
+
 def flops_per_token(shape: Shape, seq: int, multiple: int = 1) -> float:
     return 6.0 * shape.total(multiple) + 12.0 * shape.layers * shape.hidden * seq
 
@@ -67,7 +83,7 @@ def estimate(cfg, shape: Shape, device: Device, world: int, gpus_per_node: int, 
     if lay.tp > 1:
         rank_tokens = cfg.batch_size * cfg.accumulation_steps * cfg.max_length / lay.sp
         per_token = shape.layers / lay.pp * (6 if cfg.use_grad_checkpoint else 4) * 2.0 * shape.hidden
-        tp_link = device.link_gbs if lay.tp <= gpus_per_node else min(device.link_gbs, INTERNODE_GBS)
+        tp_link = min(device.link_gbs, INTERNODE_GBS) if tp_spans_nodes(cfg, gpus_per_node) else device.link_gbs
         tp_comm = rank_tokens * per_token * 2.0 * (lay.tp - 1) / lay.tp / (tp_link * 1e9)
     offload = 0.0
     if cfg.plugin == "zero2_cpu" or (cfg.plugin == "3d" and cfg.zero_stage and cfg.zero_cpu_offload):
