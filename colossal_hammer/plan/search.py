@@ -75,7 +75,7 @@ def evaluate(cfg, shape: Shape, cluster: Cluster) -> Plan:
     else:
         why = ""
     warnings = []
-    if throughput.tp_spans_nodes(cfg, cluster.gpus_per_node):
+    if throughput.tp_spans_nodes(layout_of(cfg, cluster.world), cluster.gpus_per_node):
         warnings.append(throughput.tp_spans_nodes_warning(cfg, cluster.device, cluster.gpus_per_node))
     return Plan(cfg, mem, time, not why, why, warnings)
 
