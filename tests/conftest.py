@@ -46,14 +46,15 @@ def write_jsonl(path, rows):
     return path
 
 
-def save_tiny_llama(tokenizer_dir, out, hidden=32, layers=1, seed=0):
-    """A tiny random Llama sized to the tokenizer, saved with it (as init_embeddings leaves a model)."""
+def save_tiny_llama(tokenizer_dir, out, hidden=32, layers=1, seed=0, vocab_size=None):
+    """A tiny random Llama sized to the tokenizer (or to `vocab_size`), saved with it (as init_embeddings
+    leaves a model)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     tok = AutoTokenizer.from_pretrained(tokenizer_dir)
     torch.manual_seed(seed)
-    config = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
+    config = LlamaConfig(vocab_size=vocab_size or len(tok), hidden_size=hidden, intermediate_size=2 * hidden,
                          num_hidden_layers=layers, num_attention_heads=4 if hidden >= 64 else 2,
                          num_key_value_heads=2 if hidden >= 64 else 1)
     AutoModelForCausalLM.from_config(config).save_pretrained(out)

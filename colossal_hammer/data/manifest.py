@@ -13,6 +13,7 @@ Keys:
 - Preference data (prepare_preference_dataset.py): a document is a pair, one row holding the chosen and
   the rejected sequence; `chat_template` as for SFT, `long_pairs` (truncate_prompt | skip); per file `truncated_documents` and `truncated_tokens` count the pairs whose
   prompt was cut from its start to fit --max_length and the tokens cut (both sequences' copies).
+  Pairs whose chosen and rejected responses tokenize the same are skipped as `identical_pair`.
 - `categories`: per category `rows`, `tokens_out`, `padding`, `bins` (rows per bin),
   `chunked_documents`, `dirname` (its folder).
 - `totals`: the sums of the above, and `output_hash`: sha256 over each Arrow file's relative path and
@@ -25,6 +26,7 @@ import json
 from collections import Counter, defaultdict
 from typing import Dict, Optional
 
+MANIFEST = "manifest.json"  # its name in the dataset folder, beside the category folders
 
 class Manifest:
     def __init__(self, kind: str, settings: dict, extra: Optional[dict] = None):

@@ -21,8 +21,8 @@ from typing import Dict, Optional
 
 from ..errors import InputError
 from .bins import BIN_FILES, is_bin_dirname
+from .manifest import MANIFEST
 
-MANIFEST = "manifest.json"
 FLAG = "--data_output_dirs"
 # What a failed write looks like: full disk or quota, read-only or forbidden folder, file size limit.
 WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EIO,

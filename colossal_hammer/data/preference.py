@@ -5,7 +5,8 @@ Accepted lines (roles as in SFT data: "from" or "role", human/user, assistant/gp
   one user turn, a string response one assistant turn); without "prompt", chosen and rejected are whole
   conversations and their longest common leading turns are the prompt (TRL's implicit prompt).
 - ColossalChat: {"context": [...], "chosen": [...], "rejected": [...]}.
-An optional "category" bins the pair as in SFT.
+An optional "category" bins the pair as in SFT. A pair whose chosen and rejected responses tokenize the same is
+skipped whatever --on_error says and counted as `identical_pair` (DPO's gradient on it is zero), with a warning.
 
 Each sequence is rendered through the chat template like an SFT exchange (sft.ChatSegmenter): the prompt
 with the generation prompt, the response as what the template adds after it (end token included),
@@ -23,14 +24,15 @@ counted as `too_long` with --on_error skip.
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import List, Optional, Tuple
 
 from ..errors import main_with_errors
 from . import prepare
 from .packing import IGNORE_INDEX
 from .prepare import PrepareConfig, run_prepare
-from .records import (BAD_MESSAGES, DROPPED_BY_TEMPLATE, EMPTY_REPLY, MISSING_FIELD, TOO_LONG, RecordProblem,
-                      load_object, string_field)
+from .records import (BAD_MESSAGES, DROPPED_BY_TEMPLATE, EMPTY_REPLY, IDENTICAL_PAIR, MISSING_FIELD, TOO_LONG,
+                      RecordProblem, category_field, load_object)
 from .sft import ChatSegmenter, Exchange, chat_template, parse_messages, unrendered
 from .tokenize import PartTokenizer, load_tokenizer, pad_id
 
@@ -49,7 +51,7 @@ def _turns(value, field: str, role: str) -> List[dict]:
 def parse_pair(raw: bytes) -> Tuple[List[dict], List[dict], List[dict], str]:
     """(prompt messages, chosen response messages, rejected response messages, category)."""
     obj = load_object(raw)
-    category = string_field(obj, "category", "default")
+    category = category_field(obj)
     chosen = _turns(obj.get("chosen"), "chosen", "assistant")
     rejected = _turns(obj.get("rejected"), "rejected", "assistant")
     prompt_field = "context" if "context" in obj else "prompt"
@@ -110,6 +112,9 @@ class PreferenceWorker:
         prompt_ids, chosen_ids, rejected_ids = self.tok.encode_parts([[head, chosen_text, rejected_text]])[0]
         # rejected_text was encoded as a continuation of chosen_text; as a continuation of the prompt it is the
         # same call (a continuation never depends on what precedes it)
+        if chosen_ids == rejected_ids:  # compared as tokens: what DPO would see, whatever the JSON spelling
+            raise RecordProblem(IDENTICAL_PAIR, "fields 'chosen' and 'rejected' are identical; a pair needs two "
+                                                "different responses")
         over = 2 * len(prompt_ids) + len(chosen_ids) + len(rejected_ids) - self.max_length
         cut = 0
         if over > 0:
@@ -174,6 +179,10 @@ def main(argv: Optional[List[str]] = None) -> dict:
             return PreferenceWorker(tokenizer_dir, cfg.max_length, template[0], long_pairs)
 
         result.update(run_prepare(cfg, "preference", factory, describe))
+        identical = sum(f["skipped"].get(IDENTICAL_PAIR, 0) for f in result["files"].values())
+        if identical:
+            print(f"warning: {identical:,} pair{'s' if identical > 1 else ''} skipped: chosen and rejected are "
+                  f"identical (no preference to learn); counted as {IDENTICAL_PAIR} in the manifest", file=sys.stderr)
 
     main_with_errors(body)
     return result

@@ -15,17 +15,17 @@ import os
 import shutil
 import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterator, List, Tuple
 
 from . import output
 from .bins import CategoryBins, content_hash
-from .manifest import Manifest
+from .manifest import MANIFEST, Manifest
 from .packing import OnePerRow, Packer
 from ..errors import InputError
 from .reader import iter_lines, list_input_files
-from .records import BLANK
+from .records import ALWAYS_SKIPPED
 
 
 @dataclass
@@ -189,7 +189,7 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
                 manifest.line(name)
                 if kind_ == "skip":
                     reason, detail = rest
-                    if reason != BLANK and cfg.on_error == "fail":
+                    if reason not in ALWAYS_SKIPPED and cfg.on_error == "fail":
                         raise InputError(f"{name}:{line_no}: {detail}")
                     manifest.skipped(name, reason)
                     continue
@@ -208,12 +208,15 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
             bar.set_postfix(tok_s=f"{tokens / max(1e-9, time.perf_counter() - start):,.0f}")
         bar.close()
         if not categories:
-            raise InputError(f"{cfg.data_input_dirs}: no document survived (see skipped lines with --on_error skip)")
+            # name what was skipped: identical pairs, say, are skipped whatever --on_error says
+            skipped = sum((f["skipped"] for f in manifest.files.values()), Counter())
+            why = ", ".join(f"{r} {n:,}" for r, n in sorted(skipped.items())) or "no lines"
+            raise InputError(f"{cfg.data_input_dirs}: no document survived (skipped: {why})")
         digests = {}
         for name in sorted(categories):
             manifest.category(name, **categories[name].finish())
             digests.update(categories[name].bins.digests)
-        data = manifest.write(os.path.join(tmp_dir, "manifest.json"), content_hash(digests))
+        data = manifest.write(os.path.join(tmp_dir, MANIFEST), content_hash(digests))
         output.replace(tmp_dir, out_dir)
     except BaseException as e:
         bar.close()

@@ -26,7 +26,7 @@ from . import prepare
 from ..errors import main_with_errors
 from .prepare import PrepareConfig, run_prepare
 from .records import (BAD_MESSAGES, DROPPED_BY_TEMPLATE, EMPTY_REPLY, EMPTY_TEXT, NO_REPLY, TOO_LONG, RecordProblem,
-                      load_object, string_field)
+                      category_field, load_object, string_field)
 from .tokenize import PartTokenizer, load_tokenizer, pad_id
 
 LLAMA2_TEMPLATE = (
@@ -71,7 +71,7 @@ def parse_messages(messages, field: str) -> List[dict]:
 
 def parse_conversation(raw: bytes) -> Tuple[List[dict], str]:
     obj = load_object(raw)
-    category = string_field(obj, "category", "default")
+    category = category_field(obj)
     out = parse_messages(obj.get("messages"), "messages")
     if not any(m["role"] == "assistant" and m["content"].strip() for m in out):
         raise RecordProblem(EMPTY_TEXT, "no non-empty assistant turn in 'messages'")

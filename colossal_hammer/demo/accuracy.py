@@ -56,10 +56,10 @@ def sft_template(sft_dataset: str) -> str:
 def score(model_dir: str, questions: List[benchmark.Question], template: str, batch_size: int = 16) -> dict:
     from ..data.sft import ChatSegmenter
     from ..data.tokenize import PartTokenizer
-    from ..eval.choice import load_model
+    from ..eval.loading import load_model
     from ..eval.choice_scoring import loglikelihoods, pick
 
-    model, _ = load_model(model_dir, "cpu")
+    model, _ = load_model(model_dir, "cpu", use_safetensors=True)
     tok = PartTokenizer(model_dir)
     segmenter = ChatSegmenter(tok.tokenizer, template)
     pairs = []

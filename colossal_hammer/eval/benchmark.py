@@ -129,6 +129,12 @@ def read_jsonl(path: str) -> Tuple[Dict[str, List[Question]], Dict[str, List[Que
             subject = row.get("subject", default_subject)
             if not isinstance(subject, str) or not subject.strip():
                 raise InputError(f"{where}: subject: empty; name the subject or leave the field out")
+            for field in FIELDS:
+                # str() would score JSON null as the text "None"; numbers are text enough (a choice may be 42)
+                value = row[field]
+                if value is None or isinstance(value, (bool, list, dict)):
+                    kind = "null" if value is None else type(value).__name__
+                    raise InputError(f"{where}: {field}: {kind}; give it as text")
             cells = {field: str(row[field]) for field in FIELDS}
             target = dev if row.get("split") == "dev" else tests
             target.setdefault(subject.strip(), []).append(_question(cells, where))
@@ -169,6 +175,9 @@ def load(path: str, split: str = "test", shots: int = 0) -> Benchmark:
     else:
         split_dir = os.path.join(path, split)
         if not os.path.isdir(split_dir):
+            if split == "test" and os.path.isdir(os.path.join(path, "val")):  # C-Eval as its users download it
+                raise InputError(f"--data {path}: has no test/ folder (C-Eval withholds its test answers); "
+                                 f"score --split val")
             raise InputError(f"--data {path}: no {split}/ folder in it; give a C-Eval, CMMLU or MMLU folder "
                              f"(dev/, val/, test/ of per-subject CSV files) or a .jsonl file")
         files = _subject_files(split_dir, split)

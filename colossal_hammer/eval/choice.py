@@ -23,6 +23,7 @@ from ..model.folders import hf_folder_of
 from . import benchmark
 from .benchmark import LETTERS
 from .choice_scoring import continuations, language_of, pick, prompt, score_questions
+from .loading import load_model
 
 METHODS = ("letter", "loglik")
 
@@ -35,17 +36,6 @@ def subject_name(bench: benchmark.Benchmark, subject: str, language: str) -> str
 def build_prompts(bench: benchmark.Benchmark, shots: int, language: str, method: str) -> Dict[str, List[str]]:
     return {subject: [prompt(q, subject_name(bench, subject, language), bench.dev.get(subject, [])[:shots], language,
                              method) for q in questions] for subject, questions in bench.tests.items()}
-
-
-def load_model(model_dir: str, device: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype="auto", use_safetensors=True)
-    except (OSError, ValueError) as e:
-        raise InputError(f"--model {model_dir}: does not load: {str(e).strip().splitlines()[0][:200]}") from None
-    return model.to(device).eval(), tokenizer
 
 
 def evaluate(model_dir: str, data: str, shots: int = 0, method: str = "letter", batch_size: int = 8,
@@ -70,7 +60,7 @@ def evaluate(model_dir: str, data: str, shots: int = 0, method: str = "letter", 
     prompts = build_prompts(bench, shots, language, method)
     from tqdm import tqdm
 
-    model, tokenizer = load_model(folder, device)
+    model, tokenizer = load_model(folder, device, use_safetensors=True)
     max_length = getattr(model.config, "max_position_embeddings", None) or 4096
     subjects = list(bench.tests)
     flat_prompts = [p for s in subjects for p in prompts[s]]

@@ -24,6 +24,7 @@ from typing import Dict, List, Optional, Tuple
 
 from ..data import reader
 from . import scoring
+from .loading import load_model
 from .token_bytes import byte_lengths
 from ..model.build import mask_padded_logits
 from ..errors import (InputError, check_device, check_output_file, check_positive, require_file, require_model,
@@ -72,15 +73,9 @@ def evaluate(model_dir: str, data_files: List[str], max_length: int = 2048, devi
     files = {path: read_documents(path) for path in data_files if path not in prepared}  # fail fast, before the model
     sets = {path: load_prepared(path) for path in prepared}
     from tqdm import tqdm  # after the checks: torch and transformers take seconds to load
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(model_dir)
-        # SDPA as in training: the document mask of packed rows is a bool mask only SDPA takes as is
-        model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype="auto",
-                                                     attn_implementation="sdpa").to(device).eval()
-    except (OSError, ValueError) as e:
-        raise InputError(f"--model {model_dir}: does not load: {str(e).strip().splitlines()[0][:200]}") from None
+    # SDPA as in training: the document mask of packed rows is a bool mask only SDPA takes as is
+    model, tokenizer = load_model(model_dir, device, attn_implementation="sdpa")
     mask_padded_logits(model)  # a 3d run's checkpoint keeps its padded vocabulary: rows no softmax may see
     tally = scoring.Tally()
     bar = tqdm(total=sum(len(d) for d in files.values()), desc="evaluate", unit="doc", disable=None)

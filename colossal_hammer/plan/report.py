@@ -46,6 +46,7 @@ def to_dict(plan: Plan, cluster: Cluster, change: Optional[tuple] = None, found:
         "host_memory_gib": {k: round(v / GiB, 3) for k, v in mem.host.items()},
         "host_memory_capacity_gib": round(cluster.host_gib, 1),
         "notes": mem.notes,
+        "warnings": plan.warnings,
         "tokens_per_s_per_gpu": None, "step_time_s": None, "hours": None, "days": None,
         "command": command(plan, cluster),
     }
@@ -72,7 +73,7 @@ def to_dict(plan: Plan, cluster: Cluster, change: Optional[tuple] = None, found:
 def text(d: dict) -> str:
     cluster = (f"{d['devices']} CPU ranks sharing {d['device_memory_gib']} GiB of host memory" if d["device"] == "cpu"
                else f"{d['devices']} x {d['device']} ({d['device_memory_gib']} GiB each)")
-    lines = [cluster, "",
+    lines = [cluster] + [f"warning: {w}" for w in d["warnings"]] + ["",
              f"memory per device (GiB){'' if not d['pipeline_stage'] else ', pipeline stage ' + str(d['pipeline_stage'])}:"]
     for part in PARTS + ("total",):
         lines.append(f"  {part:<14} {d['memory_gib'][part]:>10.2f}")

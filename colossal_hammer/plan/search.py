@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Tuple
 
 from . import memory, throughput
@@ -39,6 +39,7 @@ class Plan:
     time: Optional[throughput.Time]
     fits: bool
     why: str  # what does not fit, or ""
+    warnings: List[str] = field(default_factory=list)  # what runs but slower than the user may think
 
 
 def cluster_of(cfg, device: Device) -> Cluster:
@@ -73,7 +74,10 @@ def evaluate(cfg, shape: Shape, cluster: Cluster) -> Plan:
         why = f"{host_gib:.1f} GiB host memory per node > {cluster.host_gib:.0f} GiB"
     else:
         why = ""
-    return Plan(cfg, mem, time, not why, why)
+    warnings = []
+    if throughput.tp_spans_nodes(layout_of(cfg, cluster.world), cluster.gpus_per_node):
+        warnings.append(throughput.tp_spans_nodes_warning(cfg, cluster.device, cluster.gpus_per_node))
+    return Plan(cfg, mem, time, not why, why, warnings)
 
 
 # ---- what to change when it does not fit, in the order tried ----------------------------------------------

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .devices import HOST_MEMORY_GBS, Device
-from .layout import layout_of, vocab_multiple
+from .layout import Layout, layout_of, vocab_multiple
 from .shapes import Shape
 
 # Fraction of the dense peak the kernels reach without recomputation, per plugin. zero2: Colossal-LLaMA-2-7B's
@@ -38,6 +38,29 @@ class Time:
     tokens_per_s_per_gpu: float
     effective_mfu: float  # model FLOPs per second over peak, everything counted
     hours: Optional[float]
+
+
+def tp_spans_nodes(lay: Layout, gpus_per_node: int) -> bool:
+    """Whether some tensor-parallel group crosses a node boundary. HybridParallelPlugin's process-group mesh
+    is (pp, dp, tp, sp): a tp group lies within tp*sp consecutive ranks, so it stays in one node only when
+    that block divides the node's GPUs (tp > gpus_per_node is the usual case; tp 4 on nodes of 6 splits
+    some groups too)."""
+    return lay.tp > 1 and gpus_per_node % (lay.tp * lay.sp) != 0
+
+
+def tp_link_gbs(device: Device) -> float:
+    """What a tp group that spans nodes gets per GPU: the inter-node link, or the device's own if slower."""
+    return min(device.link_gbs, INTERNODE_GBS)
+
+
+def tp_spans_nodes_warning(cfg, device: Device, gpus_per_node: int) -> str:
+    # A warning, not a refusal: train.py runs this layout (Colossal-AI accepts it), and nodes too small for the
+    # model's tp may leave no other choice; what the user must know is that it is slow and why.
+    slower = f", not {device.link_gbs:g} GB/s as within a node" if device.link_gbs > INTERNODE_GBS else ""
+    return (f"--tp {cfg.tp} with --gpus_per_node {gpus_per_node}: the tensor-parallel group spans nodes, so its "
+            f"all-reduces (every layer, on the critical path) run over the inter-node link at "
+            f"{tp_link_gbs(device):g} GB/s{slower}; give a --tp that divides --gpus_per_node (and --pp for the "
+            f"rest) unless memory leaves no other choice")
 
 
 def flops_per_token(shape: Shape, seq: int, multiple: int = 1) -> float:
@@ -67,7 +90,7 @@ def estimate(cfg, shape: Shape, device: Device, world: int, gpus_per_node: int, 
     if lay.tp > 1:
         rank_tokens = cfg.batch_size * cfg.accumulation_steps * cfg.max_length / lay.sp
         per_token = shape.layers / lay.pp * (6 if cfg.use_grad_checkpoint else 4) * 2.0 * shape.hidden
-        tp_link = device.link_gbs if lay.tp <= gpus_per_node else min(device.link_gbs, INTERNODE_GBS)
+        tp_link = tp_link_gbs(device) if tp_spans_nodes(lay, gpus_per_node) else device.link_gbs
         tp_comm = rank_tokens * per_token * 2.0 * (lay.tp - 1) / lay.tp / (tp_link * 1e9)
     offload = 0.0
     if cfg.plugin == "zero2_cpu" or (cfg.plugin == "3d" and cfg.zero_stage and cfg.zero_cpu_offload):

@@ -157,6 +157,12 @@ def disk_full(t):
     return "prepare_pretrain_dataset.py", ["--data_input_dirs", t / "in", "--data_output_dirs", t / "out"]
 
 
+def category_named_manifest(t):
+    # the category becomes a folder name: this one would be the folder where the manifest file goes
+    write_jsonl(t / "in" / "a.jsonl", [LINE, dict(LINE, category="manifest.json")])
+    return "prepare_pretrain_dataset.py", ["--data_input_dirs", t / "in", "--data_output_dirs", t / "out"]
+
+
 def overwrite_onto_a_file(t):
     (t / "out").write_text("a file the user keeps")
     return "prepare_pretrain_dataset.py", ["--data_input_dirs", pretrain_input(t), "--data_output_dirs", t / "out",
@@ -181,6 +187,8 @@ CASES = {  # name: (setup, expected in the error line, file size limit)
     "10-output-read-only": (output_under_proc, "cannot create", None),
     "10-disk-full": (disk_full, "failed: File too large", 4096),
     "10-overwrite-onto-a-file": (overwrite_onto_a_file, "is an existing file", None),
+    "poor-category-named-manifest": (category_named_manifest, "a.jsonl:2: field 'category': 'manifest.json' is",
+                                     None),
 }
 
 
@@ -228,6 +236,27 @@ def test_leftover_tmp_folders_are_reported_and_dead_ones_removed(tokenizer_dir, 
     assert not stale.exists() and running.is_dir() and unrelated.is_dir()
     assert (tmp_path / "out" / "manifest.json").is_file()
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["in", "out", running.name, unrelated.name])
+
+
+def test_identical_pair_is_skipped_with_a_warning_and_counted(tokenizer_dir, tmp_path):
+    """chosen == rejected teaches DPO nothing (its gradient is zero there): the pair is skipped even under
+    --on_error fail, counted in the manifest by name, and one warning line gives the count."""
+    pair = {"prompt": "什么是人工智能？", "chosen": "让计算机完成需要智能的任务。", "rejected": "不知道。", "category": "qa"}
+    same = dict(pair, rejected=pair["chosen"])
+    write_jsonl(tmp_path / "in" / "pairs.jsonl", [pair, same, same, pair])
+    before = tree_hash(tmp_path / "in")
+    proc = cli("prepare_preference_dataset.py", ["--data_input_dirs", tmp_path / "in", "--data_output_dirs",
+                                                 tmp_path / "out", "--tokenizer_dir", tokenizer_dir,
+                                                 "--max_length", "128", "--num_spliced_dataset_bins", "1",
+                                                 "--num_workers", "1"])
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    warnings = [line for line in proc.stderr.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "2 pairs" in warnings[0] and "identical_pair" in warnings[0], proc.stderr
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    (f,) = manifest["files"].values()
+    assert f["skipped"] == {"identical_pair": 2} and f["categories"]["qa"]["documents"] == 2
+    assert manifest["totals"]["rows"] == 2
+    assert tree_hash(tmp_path / "in") == before
 
 
 DATA = "data-00000-of-00001.arrow"

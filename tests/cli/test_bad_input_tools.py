@@ -21,6 +21,7 @@ ANALYZE = ["-m", "colossal_hammer.tokenizer.analyze"]
 INIT = ["-m", "colossal_hammer.model.init_embeddings"]
 EXPORT = ["-m", "colossal_hammer.model.export"]
 PPL = ["-m", "colossal_hammer.eval.perplexity"]
+CHOICE = ["-m", "colossal_hammer.eval.choice"]
 INFER = [str(REPO / "inference_example.py")]
 
 # (id, argv with {placeholders} under the fixture root, text the error line must contain)
@@ -94,6 +95,11 @@ CASES = [
     ("plan-nan-tokens", ["-m", "colossal_hammer.plan", "--gpu", "a100-80g", "--model_config", "llama2-7b", "--tokens",
                          "nan"], "--tokens nan: give a finite number"),
     ("inference-top-p-0", INFER + ["--model_path", "{model}", "--input_txt", "hi", "--top_p", "0"], "--top_p"),
+    # a tokenizer extended without init_embeddings: ids past the embedding ended in a raw IndexError
+    ("perplexity-embedding-smaller-than-tokenizer", PPL + ["--model", "{small_vocab}", "--data", "{text}"],
+     "--model {small_vocab}: its embedding has 260 rows but its tokenizer 2,500 tokens"),
+    ("choice-embedding-smaller-than-tokenizer", CHOICE + ["--model", "{small_vocab}", "--data", "{questions}"],
+     "--model {small_vocab}: its embedding has 260 rows but its tokenizer 2,500 tokens"),
 ]
 
 
@@ -106,6 +112,7 @@ def root(tmp_path_factory):
                                         vocab_size=2500)
     shutil.copy(root / "tok" / "tokenizer.model", root / "donor.model")
     save_tiny_llama(str(root / "tok"), root / "model")
+    save_tiny_llama(str(root / "tok"), root / "small_vocab", vocab_size=260)  # byte pieces and a few more only
     step = root / "ckpt" / "step-2" / "modeling"  # what a --model_config run saves: no tokenizer
     step.mkdir(parents=True)
     for name in ("config.json", "model.safetensors"):
@@ -118,6 +125,8 @@ def root(tmp_path_factory):
     (root / "a_file.txt").write_text("not a model\n")
     (root / "latin1.txt").write_bytes("café\n".encode("latin-1"))
     (root / "text.jsonl").write_text(json.dumps({"text": "hello world 你好世界"}, ensure_ascii=False) + "\n")
+    (root / "questions.jsonl").write_text(json.dumps({"question": "哪个是水果？", "A": "苹果", "B": "汽车", "C": "桌子",
+                                                      "D": "电脑", "answer": "A"}, ensure_ascii=False) + "\n")
     (root / "pieces.jsonl").write_text(json.dumps({"piece": "甲"}, ensure_ascii=False) + "\n")
     return root
 
@@ -138,7 +147,8 @@ def snapshot(root):
 def test_bad_input_is_one_line_and_changes_nothing(root, argv, expected):
     names = {"root": root, "tok": root / "tok", "model": root / "model", "ckpt": root / "ckpt", "empty": root / "empty",
              "file": root / "a_file.txt", "latin1": root / "latin1.txt", "text": root / "text.jsonl",
-             "pieces": root / "pieces.jsonl", "truncated": root / "truncated", "donor": root / "donor.model"}
+             "pieces": root / "pieces.jsonl", "truncated": root / "truncated", "donor": root / "donor.model",
+             "small_vocab": root / "small_vocab", "questions": root / "questions.jsonl"}
     argv = [a.format(**names) for a in argv]
     before = snapshot(root)
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}

@@ -181,6 +181,9 @@ def _write(path, content):
      "b.jsonl:2: text: not UTF-8"),
     ("jsonl missing field", {"b.jsonl": '{"question":"q","A":"a","B":"b","C":"c","answer":"A"}\n'},
      "b.jsonl:1: D: missing"),
+    ("jsonl null question", {"b.jsonl": '{"question":"q","A":"a","B":"b","C":"c","D":"d","answer":"A"}\n'
+                                        '{"question":null,"A":"a","B":"b","C":"c","D":"d","answer":"B"}\n'},
+     "b.jsonl:2: question: null"),
 ])
 def test_bad_files_name_file_line_field(tiny, tmp_path, capsys, name, files, expected):
     for relative, text in files.items():
@@ -196,8 +199,12 @@ def test_bad_files_name_file_line_field(tiny, tmp_path, capsys, name, files, exp
 
 def test_bad_flags(bench, tiny, tmp_path, capsys):
     _, root = bench
+    shutil.copytree(root / "ceval", tmp_path / "ceval", ignore=lambda folder, names: ["test"])
     for argv, expected in ((["--data", str(root / "cmmlu"), "--split", "val"], "no val/ folder"),
                            (["--data", str(root / "cmmlu"), "--shots", "-1"], "--shots -1: must be 0 or more"),
+                           (["--data", str(tmp_path / "ceval")],  # C-Eval as shipped with test/ left out
+                            f"--data {tmp_path / 'ceval'}: has no test/ folder (C-Eval withholds its test answers); "
+                            "score --split val"),
                            (["--data", str(tmp_path / "nope")], "no such file or folder"),
                            (["--data", str(root / "mmlu"), "--model", str(tmp_path)], "--model")):
         model = [] if "--model" in argv else ["--model", tiny]

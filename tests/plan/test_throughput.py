@@ -4,6 +4,7 @@ import pytest
 from transformers import LlamaConfig
 
 from colossal_hammer.model.build import NAMED_CONFIGS
+from colossal_hammer.plan import report
 from colossal_hammer.plan.cli import plan_dict
 from colossal_hammer.plan.shapes import Shape
 from colossal_hammer.plan.throughput import flops_per_token
@@ -36,3 +37,18 @@ def test_mfu_flag_scales_the_compute():
     half = plan_dict(BASE + ["--plugin", "zero2", "--batch_size", "4", "--mfu", "0.25"])
     full = plan_dict(BASE + ["--plugin", "zero2", "--batch_size", "4", "--mfu", "0.5"])
     assert half["step_parts_s"]["compute"] == pytest.approx(2 * full["step_parts_s"]["compute"], rel=1e-3)
+
+
+def test_tensor_parallel_group_across_nodes_is_priced_at_the_inter_node_link_and_warned():
+    """--tp 8 on nodes of 4 GPUs: every layer's tp all-reduces cross the inter-node link (25 GB/s, not NVLink's
+    450), and the plan says so in a warning line of the report and in its JSON."""
+    flags = ["--model_config", "llama2-7b", "--gpu", "h100-80g", "--max_length", "4096", "--plugin", "3d",
+             "--tp", "8", "--batch_size", "8", "--nodes", "2"]
+    within = plan_dict(flags + ["--gpus_per_node", "8"])
+    across = plan_dict(flags + ["--gpus_per_node", "4"])
+    assert within["warnings"] == [] and not any(line.startswith("warning:") for line in report.text(within).splitlines())
+    assert across["step_parts_s"]["tensor_parallel_comm"] == pytest.approx(
+        within["step_parts_s"]["tensor_parallel_comm"] * 450 / 25, rel=1e-2)
+    (warning,) = across["warnings"]
+    assert "--tp 8" in warning and "--gpus_per_node 4" in warning and "spans nodes" in warning
+    assert f"warning: {warning}" in report.text(across).splitlines()
