@@ -15,9 +15,20 @@ import os
 import torch
 import torch.distributed
 
+from ..errors import InputError
 from . import host_memory
 
 _ACTIVE = False
+# The patches replace private methods of this release, read in its source; on another one they could miss, or
+# patch something that changed meaning, without a word.
+PATCHED_VERSION = "0.5.0"
+
+
+def check_version(installed: str) -> None:
+    if installed != PATCHED_VERSION:
+        raise InputError(f"the CPU layer (colossal_hammer/compat) patches Colossal-AI {PATCHED_VERSION}, and "
+                         f"colossalai {installed} is installed: pip install colossalai=={PATCHED_VERSION} --no-deps "
+                         "(or set COLOSSAL_HAMMER_CPU_COMPAT=0 to run without the layer)")
 
 
 def wanted() -> bool:
@@ -283,6 +294,9 @@ def activate() -> bool:
     global _ACTIVE
     if _ACTIVE or not wanted():
         return _ACTIVE
+    from importlib.metadata import version
+
+    check_version(version("colossalai"))
     # pipeline/p2p.py calls an API that torch removed; on a CPU host HCCL is never available.
     if not hasattr(torch.distributed, "is_hccl_available"):
         torch.distributed.is_hccl_available = lambda: False

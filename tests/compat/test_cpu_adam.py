@@ -67,3 +67,4 @@ def test_hybrid_adam_runs_on_cpu_through_the_layer():
     proc = subprocess.run([sys.executable, "-c", HYBRID_ADAM_VS_ADAMW], cwd=REPO, text=True, timeout=300,
                           env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     assert proc.returncode == 0 and proc.stdout.strip().endswith("matched"), proc.stdout[-3000:]
+
