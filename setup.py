@@ -62,5 +62,5 @@ setup(
                  "trl==0.18.2"],
         "gpu": ["flash-attn"],  # GPU-only; SDPA is used where it is missing
     },
-    entry_points={"console_scripts": ["colossal-hammer-train=colossal_hammer.training.cli:main"]},
+    entry_points={"console_scripts": ["colossal-hammer-train=colossal_hammer.entry:train"]},
 )

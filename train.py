@@ -5,7 +5,7 @@ Launch with `torchrun --nproc_per_node N train.py ...` or `colossalai run --npro
 Every flag is listed by `python train.py --help`.
 """
 
-from colossal_hammer.training.cli import main
+from colossal_hammer.entry import train
 
 if __name__ == "__main__":
-    main()
+    train()

@@ -19,7 +19,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig  # noqa: E402
 
-from colossal_hammer.demo import base_tokenizer, texts  # noqa: E402
+from colossal_hammer.data import corpora  # noqa: E402
+from colossal_hammer.demo import base_tokenizer  # noqa: E402
 from colossal_hammer.eval.choice import evaluate  # noqa: E402
 from colossal_hammer.model.build import NAMED_CONFIGS  # noqa: E402
 from tests.eval.choice_data import questions, write_layouts  # noqa: E402
@@ -38,8 +39,8 @@ def main():
         root = Path(tmp)
         data = questions(per_subject=per_subject, dev=5)
         write_layouts(root / "bench", data)
-        news = [s for sentences in texts.chinese_news().values() for s in sentences[:200]]
-        base_tokenizer.build_base_tokenizer(texts.english_paragraphs() + news, str(root / "m"), vocab_size=4000)
+        news = [s for sentences in corpora.chinese_news().values() for s in sentences[:200]]
+        base_tokenizer.build_base_tokenizer(corpora.english_paragraphs() + news, str(root / "m"), vocab_size=4000)
         tok = AutoTokenizer.from_pretrained(root / "m")
         config = LlamaConfig(**dict(NAMED_CONFIGS["small"], vocab_size=len(tok)))
         AutoModelForCausalLM.from_config(config).save_pretrained(root / "m")

@@ -18,7 +18,8 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from colossal_hammer.demo import base_tokenizer, texts  # noqa: E402
+from colossal_hammer.data import corpora  # noqa: E402
+from colossal_hammer.demo import base_tokenizer  # noqa: E402
 from colossal_hammer.model.init_embeddings import INITS, init_embeddings  # noqa: E402
 from colossal_hammer.tokenizer.merge import merge_tokenizer  # noqa: E402
 
@@ -43,8 +44,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=300)
     a = p.parse_args()
     torch.manual_seed(0)
-    news = texts.chinese_news()
-    english = texts.english_paragraphs()
+    news = corpora.chinese_news()
+    english = corpora.english_paragraphs()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         sprinkle = [s for ss in news.values() for s in ss[:15]]
@@ -64,7 +65,7 @@ def main() -> None:
         print(f"base model: {a.steps} steps on English, last loss {loss.item():.3f}")
         model.save_pretrained(tmp / "base")
         tok.save_pretrained(tmp / "base")
-        train_zh = [s for ss in news.values() for s in ss[:-50]] + texts.chinese_reviews()[:3000]
+        train_zh = [s for ss in news.values() for s in ss[:-50]] + corpora.chinese_reviews()[:3000]
         merge_tokenizer(str(tmp / "base"), str(tmp / "merged_tok"), train_zh, donor_vocab_size=10000)
         new_tok = AutoTokenizer.from_pretrained(tmp / "merged_tok")
         held_zh = token_stream(new_tok, [s for ss in news.values() for s in ss[-50:]], 128)

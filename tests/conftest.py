@@ -2,15 +2,16 @@ import json
 
 import pytest
 
-from colossal_hammer.demo import base_tokenizer, texts
+from colossal_hammer.data import corpora
+from colossal_hammer.demo import base_tokenizer
 
 
 def held_out_chinese():
-    return [s for sentences in texts.chinese_news().values() for s in sentences[-50:]]
+    return [s for sentences in corpora.chinese_news().values() for s in sentences[-50:]]
 
 
 def chinese_training_text():
-    return [s for sentences in texts.chinese_news().values() for s in sentences[:-50]] + texts.chinese_reviews()[:3000]
+    return [s for sentences in corpora.chinese_news().values() for s in sentences[:-50]] + corpora.chinese_reviews()[:3000]
 
 
 @pytest.fixture(scope="session")
@@ -19,8 +20,8 @@ def english_base(tmp_path_factory):
     so that it knows a few hundred common characters, as Llama-2 does (605 of level 1), and calibration
     has characters to compare."""
     out = tmp_path_factory.mktemp("base")
-    sprinkle = [s for sentences in texts.chinese_news().values() for s in sentences[:15]]
-    base_tokenizer.build_base_tokenizer(texts.english_paragraphs() + sprinkle, str(out), vocab_size=2000)
+    sprinkle = [s for sentences in corpora.chinese_news().values() for s in sentences[:15]]
+    base_tokenizer.build_base_tokenizer(corpora.english_paragraphs() + sprinkle, str(out), vocab_size=2000)
     return str(out)
 
 
@@ -32,8 +33,8 @@ BOUNDARY_PHRASE = "问：什么是人工智能技术"
 def tokenizer_dir(tmp_path_factory):
     """A Llama-style SentencePiece tokenizer trained on English and Chinese text that packages ship."""
     out = tmp_path_factory.mktemp("tokenizer")
-    news = [s for sentences in texts.chinese_news().values() for s in sentences[:200]]
-    base_tokenizer.build_base_tokenizer(texts.english_paragraphs() + news + [BOUNDARY_PHRASE] * 2000, str(out),
+    news = [s for sentences in corpora.chinese_news().values() for s in sentences[:200]]
+    base_tokenizer.build_base_tokenizer(corpora.english_paragraphs() + news + [BOUNDARY_PHRASE] * 2000, str(out),
                                         vocab_size=3000)
     return str(out)
 

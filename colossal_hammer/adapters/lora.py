@@ -12,31 +12,15 @@ import json
 import os
 from typing import Optional
 
-from ..digest import weights_sha256
 from ..errors import InputError
+from ..model.adapter_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD
 
 # the linear layers of a Llama block; peft's "all-linear" would also take lm_head
 LLAMA_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-ADAPTER_CONFIG = "adapter_config.json"
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
-BASE_RECORD = "base_model.json"  # the base's path and the SHA-256 of its weights, checked at resume and merge
 
 
 def enabled(cfg) -> bool:
     return cfg.lora_rank is not None
-
-
-def base_record(base_dir: str) -> dict:
-    return {"path": os.path.abspath(base_dir), "weights_sha256": weights_sha256(base_dir)}
-
-
-def recorded_base(adapter_dir: str) -> Optional[dict]:
-    """What save_adapter recorded of the base (None for an adapter folder from before the record)."""
-    path = os.path.join(adapter_dir, BASE_RECORD)
-    if not os.path.isfile(path):
-        return None
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
 
 
 def module_names(text: Optional[str]) -> list:
@@ -110,10 +94,6 @@ def inner_model(boosted):
     if peft is not None:
         return peft.get_base_model()
     return boosted.unwrap() if hasattr(boosted, "unwrap") else boosted
-
-
-def is_adapter_folder(folder: str) -> bool:
-    return os.path.isfile(os.path.join(folder, ADAPTER_CONFIG))
 
 
 def save_adapter(booster, boosted, folder: str, base: dict) -> None:

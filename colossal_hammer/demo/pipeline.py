@@ -130,7 +130,7 @@ class Demo:
 
     # ---- 0. corpus ----------------------------------------------------------------------------------
     def corpus(self) -> None:
-        from .texts import chinese_news, english_paragraphs
+        from ..data.corpora import chinese_news, english_paragraphs
 
         d = self.out / "corpus"
         (d / "zh").mkdir(parents=True, exist_ok=True)

@@ -42,7 +42,7 @@ class PostTraining:
         return self.demo.out
 
     def _split(self):
-        from .texts import chinese_news
+        from ..data.corpora import chinese_news
 
         news = chinese_news()
         dpo, heldout = preference.splits(news, self.demo.s.news_per_category, self.p.dpo_per_category)

@@ -151,7 +151,7 @@ def build(cfg, layout, vocab_size: int, tokenizer_dir: str) -> Optional[InTraini
     """The evaluator a run's flags ask for (None without --eval_dataset)."""
     if not cfg.eval_dataset:
         return None
-    from ..training.plugins import fixed_row_length
+    from ..rules import fixed_row_length
 
     rows = cfg.batch_size * (cfg.accumulation_steps if layout.pipeline else 1)
     return InTrainingEval(cfg.eval_sets(), cfg.eval_max_tokens, tokenizer_dir, vocab_size, layout, rows,

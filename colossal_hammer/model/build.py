@@ -9,7 +9,7 @@ from contextlib import nullcontext
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
-from ..moe.models import MOE_CONFIGS, MOE_MODEL_TYPES, mixtral_config
+from .moe_configs import MOE_CONFIGS, MOE_MODEL_TYPES, mixtral_config
 from ..errors import InputError
 
 # Named configs for runs without pretrained weights. Head counts are divisible by 2 and 4 so tensor

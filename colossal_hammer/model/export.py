@@ -19,7 +19,7 @@ found and no key may be left over, except a tied lm_head. Rows that build.pad_vo
 tensor parallelism are trimmed (config.json's unpadded_vocab_size).
 
 A LoRA checkpoint (modeling/adapter_config.json) is written as peft's adapter folder, or merged into its
-base with --merge_lora (colossal_hammer/adapters/export.py).
+base with --merge_lora (colossal_hammer/model/adapter_export.py).
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def main(argv=None) -> dict:
     args = p.parse_args(argv)
 
     def body():
-        from ..adapters.export import adapter_folder, export_adapter
+        from .adapter_export import adapter_folder, export_adapter
 
         adapters = adapter_folder(args.checkpoint)
         if adapters:

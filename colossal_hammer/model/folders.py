@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 
 from ..errors import InputError
+from .adapter_folder import is_adapter_folder
 
 
 def hf_folder_of(path: str, flag: str = "--checkpoint") -> str:
@@ -20,7 +21,7 @@ def hf_folder_of(path: str, flag: str = "--checkpoint") -> str:
         raise InputError(f"{flag} {path}: no such folder; give a checkpoint step-N folder or an HF model folder")
     modeling = os.path.join(path, "modeling")
     folder = modeling if os.path.isdir(modeling) else path
-    if os.path.isfile(os.path.join(folder, "adapter_config.json")):
+    if is_adapter_folder(folder):
         raise InputError(f"{flag} {path}: holds LoRA adapters, not whole weights; merge them into their base first: "
                          f"python -m colossal_hammer.model.export --checkpoint {path} --output_dir DIR --merge_lora")
     if not os.path.isfile(os.path.join(folder, "config.json")):

@@ -18,7 +18,7 @@ import re
 from typing import List, Optional
 
 from ..errors import InputError, check_output, run_json_cli, writing
-from ..moe import models as moe_models
+from . import moe_configs as moe_models
 from ..tokenizer.files import copy_tokenizer_files
 from .export import DEFAULT_MAX_SHARD_SIZE, Source, save_config, trim_vocabulary
 from .folders import hf_folder_of

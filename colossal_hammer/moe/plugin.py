@@ -7,8 +7,8 @@ group, and can add tensor parallelism (`--tp`) and ZeRO-1 (`--zero_stage 1`) on 
 
 from __future__ import annotations
 
-from ..plan.layout import VOCAB_MULTIPLE
-from .models import is_moe
+from ..rules import VOCAB_MULTIPLE
+from ..model.moe_configs import is_moe
 
 
 def refusal(cfg, config, world: int) -> str | None:

@@ -24,7 +24,7 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 
-from .models import is_moe
+from ..model.moe_configs import is_moe
 
 
 def moe_blocks(model) -> list:

@@ -6,7 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
-from ..training.config import TrainConfig, _f, build_parser
+from ..training.config import TrainConfig, build_parser, flag
 from .devices import DEVICE_NAMES
 from .shapes import MOE_NOT_PLANNED
 from ..errors import InputError
@@ -14,21 +14,21 @@ from ..errors import InputError
 
 @dataclass
 class PlanConfig(TrainConfig):
-    gpu: Optional[str] = _f(None, "Device of the cluster (memory, dense bf16 peak, links); 'cpu' is this machine "
+    gpu: Optional[str] = flag(None, "Device of the cluster (memory, dense bf16 peak, links); 'cpu' is this machine "
                                   "(host memory only). Or give --gpu_memory_gb and --peak_tflops.",
                             choices=DEVICE_NAMES)
-    gpu_memory_gb: Optional[float] = _f(None, "Memory of one device in GiB (overrides --gpu's).")
-    nodes: int = _f(1, "Nodes in the cluster.")
-    gpus_per_node: int = _f(8, "Devices (processes) per node.")
-    host_memory_gb: Optional[float] = _f(None, "Host memory of one node in GiB (default: 1024 on a GPU node, this "
+    gpu_memory_gb: Optional[float] = flag(None, "Memory of one device in GiB (overrides --gpu's).")
+    nodes: int = flag(1, "Nodes in the cluster.")
+    gpus_per_node: int = flag(8, "Devices (processes) per node.")
+    host_memory_gb: Optional[float] = flag(None, "Host memory of one node in GiB (default: 1024 on a GPU node, this "
                                                "machine's with --gpu cpu).")
-    tokens: Optional[float] = _f(None, "Tokens to train on, for the run's duration (e.g. 8.5e9).")
-    mfu: Optional[float] = _f(None, "Fraction of the dense peak the kernels reach, before recomputation and the "
+    tokens: Optional[float] = flag(None, "Tokens to train on, for the run's duration (e.g. 8.5e9).")
+    mfu: Optional[float] = flag(None, "Fraction of the dense peak the kernels reach, before recomputation and the "
                                     "pipeline bubble (default per plugin, from published runs: see README).")
-    fragmentation: float = _f(0.10, "Memory margin for the allocator's caching and fragmentation, as a fraction.")
-    search: bool = _f(False, "List the configurations that fit this cluster, fastest first.")
-    top: int = _f(10, "How many configurations --search lists.")
-    json: bool = _f(False, "Print one JSON object instead of the report.")
+    fragmentation: float = flag(0.10, "Memory margin for the allocator's caching and fragmentation, as a fraction.")
+    search: bool = flag(False, "List the configurations that fit this cluster, fastest first.")
+    top: int = flag(10, "How many configurations --search lists.")
+    json: bool = flag(False, "Print one JSON object instead of the report.")
 
     def validate(self) -> None:
         # The planner reads no data: without --dataset it plans rows of --max_length tokens, as --benchmark.

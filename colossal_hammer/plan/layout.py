@@ -15,7 +15,6 @@ from typing import List
 
 from .shapes import Shape
 
-VOCAB_MULTIPLE = 64  # plugin 3d pads the vocabulary to 64 * tp (training.plugins passes it to Colossal-AI)
 ZERO_BUCKET_ELEMENTS = 12 * 2**20  # LowLevelZeroPlugin's reduce_bucket_size_in_m default
 GEMINI_MIN_CHUNK = 32 * 2**20  # GeminiPlugin's min_chunk_size_m / search_range_m defaults (Mi elements)
 GEMINI_SEARCH_INTERVAL = 1024  # gemini/chunk/utils.py without hidden_dim
@@ -43,10 +42,6 @@ def layout_of(cfg, world: int) -> Layout:
     sp = cfg.sp if cfg.enable_sequence_parallelism and cfg.sp_mode == "all_to_all" else 1
     return Layout(world=world, dp=world // (cfg.tp * cfg.pp * sp), tp=cfg.tp, pp=cfg.pp, sp=sp,
                   seq_split_tp=cfg.enable_sequence_parallelism and cfg.sp_mode != "all_to_all" and cfg.tp > 1)
-
-
-def vocab_multiple(cfg) -> int:
-    return VOCAB_MULTIPLE * cfg.tp if cfg.plugin in ("3d", "moe") else 1
 
 
 def layers_per_stage(layers: int, stages: int) -> List[int]:

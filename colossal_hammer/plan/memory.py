@@ -24,9 +24,9 @@ from dataclasses import dataclass, field
 from typing import Dict, List
 
 from ..adapters.lora import module_names
+from ..rules import vocab_multiple
 from .devices import Device
-from .layout import (GEMINI_GATHERED_CHUNKS, ZERO_BUCKET_ELEMENTS, Layout, gemini_chunks, layout_of, stages,
-                     vocab_multiple)
+from .layout import GEMINI_GATHERED_CHUNKS, ZERO_BUCKET_ELEMENTS, Layout, gemini_chunks, layout_of, stages
 from .shapes import Shape
 
 GiB = 2**30

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..moe.models import MOE_CONFIGS, MOE_MODEL_TYPES
+from ..model.moe_configs import MOE_CONFIGS, MOE_MODEL_TYPES
 
 # LlamaConfig's defaults, for keys a config.json leaves out.
 DEFAULTS = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,

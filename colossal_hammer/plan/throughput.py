@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from typing import Optional
 
 from .devices import HOST_MEMORY_GBS, Device
-from .layout import Layout, layout_of, vocab_multiple
+from ..rules import vocab_multiple
+from .layout import Layout, layout_of
 from .shapes import Shape
 
 # Fraction of the dense peak the kernels reach without recomputation, per plugin. zero2: Colossal-LLaMA-2-7B's

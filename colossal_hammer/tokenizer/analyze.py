@@ -72,7 +72,7 @@ def coverage(tok: AnyTokenizer, chars: Sequence[str]) -> float:
 
 
 def default_texts() -> Dict[str, List[str]]:
-    from ..demo.texts import chinese_news, english_paragraphs
+    from ..data.corpora import chinese_news, english_paragraphs
 
     # The last 50 sentences of each news category: what the demo and merge hold out from training.
     chinese = [s for sentences in chinese_news().values() for s in sentences[-50:]]

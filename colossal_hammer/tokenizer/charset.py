@@ -7,7 +7,7 @@ import json
 import os
 from typing import Dict, List
 
-from ..demo.texts import package_dir
+from ..data.corpora import package_dir
 
 LEVEL_KEYS = {1: "《通用规范汉字表》一级汉字", 2: "《通用规范汉字表》二级汉字", 3: "《通用规范汉字表》三级汉字"}
 

@@ -42,6 +42,7 @@ from safetensors import SafetensorError
 from ..adapters import lora
 from ..digest import sha256_of_files
 from ..errors import InputError, describe_os_error
+from ..model.adapter_folder import is_adapter_folder
 from ..tokenizer.files import copy_tokenizer_files
 from . import faults
 from .rank_files import has_rank_optimizer, load_optimizer, read_tensors, save_optimizer, save_tensors
@@ -174,7 +175,7 @@ class Checkpointer:
                  chat_template: Optional[str] = None, shard_size_mb: float = 1024, per_rank_optimizer: bool = True,
                  adapter_base: Optional[dict] = None):
         self.booster = booster
-        self.adapter_base = adapter_base  # LoRA: modeling/ holds the adapters of this base (lora.base_record)
+        self.adapter_base = adapter_base  # LoRA: modeling/ holds the adapters of this base (model/adapter_folder.base_record)
         self.shard_size_mb = shard_size_mb
         self.per_rank_optimizer = per_rank_optimizer  # False for ddp, whose ranks hold the same states
         self.save_dir = save_dir
@@ -279,7 +280,7 @@ class Checkpointer:
         """Restore everything into the boosted objects; returns running_states.json."""
         if not os.path.isfile(os.path.join(path, "running_states.json")):
             raise InputError(f"{path}: not a complete checkpoint (no running_states.json)")
-        if lora.is_adapter_folder(os.path.join(path, "modeling")):
+        if is_adapter_folder(os.path.join(path, "modeling")):
             lora.load_adapter(model, os.path.join(path, "modeling"))
         else:
             self.booster.load_model(model, os.path.join(path, "modeling"))

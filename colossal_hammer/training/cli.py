@@ -1,4 +1,4 @@
-"""Console entry point: `colossal-hammer-train` is `train.py` installed on the PATH."""
+"""train.py's training run (colossal_hammer/entry.py sends --plan to the planner first)."""
 
 import os
 import sys
@@ -24,9 +24,6 @@ def single_process_defaults() -> None:
 
 def main() -> None:
     """A refused run ends with one `error:` line (printed by rank 0 only, not once per process) and status 2."""
-    if "--plan" in sys.argv[1:]:  # the planner reads the same flags (plus the cluster's) and starts nothing
-        from ..plan.cli import main as plan
-        return plan(sys.argv[1:])
     single_process_defaults()
     silence_known_noise()
     try:

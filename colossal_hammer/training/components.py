@@ -17,7 +17,7 @@ from ..model.folders import hf_folder_of
 from ..model.doc_attention import DocumentAttention
 from ..model.doc_attention import install as install_document_attention
 from .config import TrainConfig
-from .plugins import vocab_multiple
+from ..rules import vocab_multiple
 
 
 def weights_source(cfg: TrainConfig) -> Tuple[Optional[str], Optional[str]]:

@@ -20,128 +20,129 @@ from ..errors import InputError
 PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d", "moe")
 
 
-def _f(default, help, **kw):
+def flag(default, help, **kw):
+    """A config field: its default, and the help that --help and the README show (PlanConfig's fields too)."""
     return field(default=default, metadata={"help": help, **kw})
 
 
 @dataclass
 class TrainConfig:
     # ---- model ----
-    pretrained: Optional[str] = _f(None, "HF-format model folder to continue training from.")
-    model_config: Optional[str] = _f(
+    pretrained: Optional[str] = flag(None, "HF-format model folder to continue training from.")
+    model_config: Optional[str] = flag(
         None, "Random-init model instead of --pretrained: 'tiny', 'small', a published shape ('llama2-7b', "
               "'llama2-13b', 'llama2-70b', 'llama3-8b', 'llama3-70b'), a mixture of experts ('tiny_moe': top-2 of 4 "
               "experts; 'mixtral-8x7b'), or a path to a LlamaConfig JSON (a MixtralConfig with \"model_type\": "
               "\"mixtral\")."
     )
-    load_weights_only: Optional[str] = _f(
+    load_weights_only: Optional[str] = flag(
         None, "Start a new stage from these weights (a checkpoint step-N folder or an HF folder), with a fresh "
               "optimizer, schedule and step 0.")
-    freeze_non_embeds_params: bool = _f(False, "Train only the input embeddings and lm_head (vocabulary stage 1).")
+    freeze_non_embeds_params: bool = flag(False, "Train only the input embeddings and lm_head (vocabulary stage 1).")
     # ---- data ----
-    dataset: Optional[List[str]] = _f(None, "Prepared dataset folders (prepare_*_dataset.py output); several allowed.")
-    category_weights: Optional[str] = _f(None, "Sampling weights per category, e.g. 'english=0.5,体育=2'.")
-    benchmark: bool = _f(False, "Train on random tokens (no dataset needed): for rehearsal and throughput figures.")
-    num_samples: int = _f(500, "Number of random samples with --benchmark.")
-    max_length: int = _f(8192, "Sequence length: of random samples; a dataset prepared with a larger --max_length is "
+    dataset: Optional[List[str]] = flag(None, "Prepared dataset folders (prepare_*_dataset.py output); several allowed.")
+    category_weights: Optional[str] = flag(None, "Sampling weights per category, e.g. 'english=0.5,体育=2'.")
+    benchmark: bool = flag(False, "Train on random tokens (no dataset needed): for rehearsal and throughput figures.")
+    num_samples: int = flag(500, "Number of random samples with --benchmark.")
+    max_length: int = flag(8192, "Sequence length: of random samples; a dataset prepared with a larger --max_length is "
                                "refused at start.")
-    padding_mode: str = _f("longest", "Pad unpacked (SFT) rows to the batch's longest row or to --max_length.",
+    padding_mode: str = flag("longest", "Pad unpacked (SFT) rows to the batch's longest row or to --max_length.",
                            choices=("longest", "max_length"))
     # ---- task ----
-    task: str = _f("lm", "What to train: 'lm' the next-token loss on labelled tokens (pretraining and SFT datasets); "
+    task: str = flag("lm", "What to train: 'lm' the next-token loss on labelled tokens (pretraining and SFT datasets); "
                          "'dpo' preference optimisation on a prepare_preference_dataset.py dataset.",
                    choices=("lm", "dpo"))
-    dpo_loss: str = _f("sigmoid", "DPO loss (--task dpo): sigmoid (DPO), ipo, simpo or orpo (these two use no "
+    dpo_loss: str = flag("sigmoid", "DPO loss (--task dpo): sigmoid (DPO), ipo, simpo or orpo (these two use no "
                                   "reference model).", choices=("sigmoid", "ipo", "simpo", "orpo"))
-    beta: float = _f(0.1, "DPO beta (--task dpo): how far the policy may move from the reference; for orpo the "
+    beta: float = flag(0.1, "DPO beta (--task dpo): how far the policy may move from the reference; for orpo the "
                           "weight of the odds-ratio term.")
-    simpo_gamma: float = _f(0.5, "SimPO target reward margin gamma (--dpo_loss simpo).")
+    simpo_gamma: float = flag(0.5, "SimPO target reward margin gamma (--dpo_loss simpo).")
     # ---- held-out evaluation (eval/in_training.py) ----
-    eval_dataset: Optional[List[str]] = _f(
+    eval_dataset: Optional[List[str]] = flag(
         None, "Held-out prepared datasets as NAME=DIR (several allowed): loss and bits per byte of each, and of each "
               "of its categories, logged as eval/NAME/... every --eval_interval steps and at the end.")
-    eval_interval: int = _f(0, "Evaluate the --eval_dataset sets every N optimizer steps (0: only at the end).")
-    eval_max_tokens: int = _f(0, "Score whole rows of each category of each eval set until it has this many tokens "
+    eval_interval: int = flag(0, "Evaluate the --eval_dataset sets every N optimizer steps (0: only at the end).")
+    eval_max_tokens: int = flag(0, "Score whole rows of each category of each eval set until it has this many tokens "
                                  "(0: every row): a small figure keeps evaluation cheap.")
-    eval_tokenizer_dir: Optional[str] = _f(
+    eval_tokenizer_dir: Optional[str] = flag(
         None, "Tokenizer the eval sets were prepared with, whose tokens' bytes give bits per byte (default: the "
               "model folder's own; needed with --model_config).")
     # ---- parallelism ----
-    plugin: str = _f("gemini", "Booster plugin.", choices=PLUGINS)
-    tp: int = _f(1, "Tensor-parallel size (plugins 3d and moe).")
-    pp: int = _f(1, "Pipeline-parallel size (plugin 3d).")
-    sp: int = _f(1, "Sequence-parallel size (plugin 3d).")
-    ep: int = _f(1, "Expert-parallel size (plugin moe): each layer's experts are split over this many "
+    plugin: str = flag("gemini", "Booster plugin.", choices=PLUGINS)
+    tp: int = flag(1, "Tensor-parallel size (plugins 3d and moe).")
+    pp: int = flag(1, "Pipeline-parallel size (plugin 3d).")
+    sp: int = flag(1, "Sequence-parallel size (plugin 3d).")
+    ep: int = flag(1, "Expert-parallel size (plugin moe): each layer's experts are split over this many "
                     "data-parallel ranks.")
-    zero_stage: int = _f(0, "ZeRO stage inside plugins 3d and moe (moe: 0 or 1; 1 is needed with --ep > 1).",
+    zero_stage: int = flag(0, "ZeRO stage inside plugins 3d and moe (moe: 0 or 1; 1 is needed with --ep > 1).",
                          choices=(0, 1, 2))
-    sp_mode: str = _f("split_gather", "Sequence-parallel mode (plugin 3d).", choices=("split_gather", "ring", "all_to_all"))
-    enable_sequence_parallelism: bool = _f(False, "Enable sequence parallelism (plugin 3d).")
-    zero_cpu_offload: bool = _f(False, "Offload ZeRO optimizer states to CPU (plugins 3d and moe, zero_stage >= 1).")
+    sp_mode: str = flag("split_gather", "Sequence-parallel mode (plugin 3d).", choices=("split_gather", "ring", "all_to_all"))
+    enable_sequence_parallelism: bool = flag(False, "Enable sequence parallelism (plugin 3d).")
+    zero_cpu_offload: bool = flag(False, "Offload ZeRO optimizer states to CPU (plugins 3d and moe, zero_stage >= 1).")
     # ---- mixture of experts (moe/router.py) ----
-    router_aux_loss_coef: float = _f(0.02, "Weight of the router's load-balancing loss in the optimised loss (MoE "
+    router_aux_loss_coef: float = flag(0.02, "Weight of the router's load-balancing loss in the optimised loss (MoE "
                                            "models; Mixtral's 0.02).")
-    router_z_loss_coef: float = _f(0.0, "Weight of the router z-loss (ST-MoE: mean squared logsumexp of the router "
+    router_z_loss_coef: float = flag(0.0, "Weight of the router z-loss (ST-MoE: mean squared logsumexp of the router "
                                         "logits; MoE models; 0 turns it off).")
-    microbatch_size: int = _f(1, "Pipeline micro-batch size (plugin 3d with pp > 1).")
-    mixed_precision: str = _f(
+    microbatch_size: int = flag(1, "Pipeline micro-batch size (plugin 3d with pp > 1).")
+    mixed_precision: str = flag(
         "bf16",
         "Parameter/compute precision. fp32 is refused by Gemini. Default bf16 (Colossal-LLaMA: fp16) because "
         "it needs no loss scaling and is the precision CPUs compute.",
         choices=("fp16", "bf16", "fp32"),
     )
     # ---- optimisation ----
-    optimizer: str = _f("hybrid_adam", "HybridAdam (Colossal-AI, required by Gemini) or torch AdamW.", choices=("hybrid_adam", "adamw"))
-    lr: float = _f(3e-4, "Peak learning rate.")
-    weight_decay: float = _f(0.1, "AdamW weight decay on matrices (embeddings and lm_head included); never on "
+    optimizer: str = flag("hybrid_adam", "HybridAdam (Colossal-AI, required by Gemini) or torch AdamW.", choices=("hybrid_adam", "adamw"))
+    lr: float = flag(3e-4, "Peak learning rate.")
+    weight_decay: float = flag(0.1, "AdamW weight decay on matrices (embeddings and lm_head included); never on "
                                   "1-D tensors (norms, biases).")
-    warmup_steps: Optional[int] = _f(None, "Linear warmup steps; default 2.5%% of the optimizer steps.")
-    grad_clip: float = _f(1.0, "Clip the global gradient norm to this value (0 disables).")
-    batch_size: int = _f(2, "Samples per data-parallel rank per micro-step.")
-    accumulation_steps: int = _f(1, "Micro-steps per optimizer step (gradient accumulation).")
-    num_epochs: int = _f(1, "Passes over the data.")
-    max_steps: Optional[int] = _f(None, "Stop after this many optimizer steps (the schedule still spans all epochs).")
-    use_grad_checkpoint: bool = _f(False, "Recompute activations in backward to save memory.")
-    use_flash_attn: bool = _f(False, "Use flash attention where the plugin and model support it (GPU only).")
+    warmup_steps: Optional[int] = flag(None, "Linear warmup steps; default 2.5%% of the optimizer steps.")
+    grad_clip: float = flag(1.0, "Clip the global gradient norm to this value (0 disables).")
+    batch_size: int = flag(2, "Samples per data-parallel rank per micro-step.")
+    accumulation_steps: int = flag(1, "Micro-steps per optimizer step (gradient accumulation).")
+    num_epochs: int = flag(1, "Passes over the data.")
+    max_steps: Optional[int] = flag(None, "Stop after this many optimizer steps (the schedule still spans all epochs).")
+    use_grad_checkpoint: bool = flag(False, "Recompute activations in backward to save memory.")
+    use_flash_attn: bool = flag(False, "Use flash attention where the plugin and model support it (GPU only).")
     # ---- adapters ----
-    lora_rank: Optional[int] = _f(None, "Train LoRA adapters of this rank (1 or more) on a frozen base; without "
+    lora_rank: Optional[int] = flag(None, "Train LoRA adapters of this rank (1 or more) on a frozen base; without "
                                         "the flag every weight trains. Plugins ddp, zero2, zero2_cpu.")
-    lora_alpha: float = _f(16.0, "LoRA scaling numerator: the update is (alpha / rank) * B @ A.")
-    lora_dropout: float = _f(0.05, "Dropout on the LoRA branch's input.")
-    lora_target_modules: str = _f("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    lora_alpha: float = flag(16.0, "LoRA scaling numerator: the update is (alpha / rank) * B @ A.")
+    lora_dropout: float = flag(0.05, "Dropout on the LoRA branch's input.")
+    lora_target_modules: str = flag("q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
                                   "Modules that get adapters (default: every linear layer of the Llama blocks).")
-    lora_modules_to_save: Optional[str] = _f(
+    lora_modules_to_save: Optional[str] = flag(
         None, "Modules trained in full beside the adapters and saved with them, e.g. 'embed_tokens,lm_head' after "
               "a vocabulary extension, so that the new rows train.")
-    lora_quantize: bool = _f(False, "QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, Colossal-AI's quantize=True); "
+    lora_quantize: bool = flag(False, "QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, Colossal-AI's quantize=True); "
                                     "CUDA only.")
-    use_neft: bool = _f(False, "NEFTune: uniform noise on input embeddings while training.")
-    neft_alpha: float = _f(5.0, "NEFTune alpha; noise scale alpha/sqrt(L*d) with L each sample's real length.")
-    seed: int = _f(42, "Seed for model init, data order and every RNG.")
-    max_bad_steps: int = _f(5, "Skip steps whose loss is NaN/inf; stop (with a checkpoint) after this many in a row.")
-    peak_tflops: Optional[float] = _f(None, "Peak TFLOPS of one device for MFU (default: the GPU's known peak; none on CPU).")
+    use_neft: bool = flag(False, "NEFTune: uniform noise on input embeddings while training.")
+    neft_alpha: float = flag(5.0, "NEFTune alpha; noise scale alpha/sqrt(L*d) with L each sample's real length.")
+    seed: int = flag(42, "Seed for model init, data order and every RNG.")
+    max_bad_steps: int = flag(5, "Skip steps whose loss is NaN/inf; stop (with a checkpoint) after this many in a row.")
+    peak_tflops: Optional[float] = flag(None, "Peak TFLOPS of one device for MFU (default: the GPU's known peak; none on CPU).")
     # ---- checkpoints ----
-    save_dir: str = _f("checkpoint_dir", "Checkpoints go to SAVE_DIR/step-N/.")
-    save_interval: int = _f(1000, "Save every N optimizer steps (0: only at the end).")
-    keep_last: int = _f(0, "Keep only the newest K checkpoints (0 keeps all).")
-    checkpoint_shard_size: float = _f(1024.0, "Largest checkpoint file in MB (weights, optimizer states, masters): "
+    save_dir: str = flag("checkpoint_dir", "Checkpoints go to SAVE_DIR/step-N/.")
+    save_interval: int = flag(1000, "Save every N optimizer steps (0: only at the end).")
+    keep_last: int = flag(0, "Keep only the newest K checkpoints (0 keeps all).")
+    checkpoint_shard_size: float = flag(1024.0, "Largest checkpoint file in MB (weights, optimizer states, masters): "
                                           "what a rank holds in memory at most while it saves.")
-    optimizer_checkpoint: str = _f(
+    optimizer_checkpoint: str = flag(
         "per_rank", "per_rank: each rank writes the optimizer states it owns (nothing gathered; resumes on the same "
                     "plugin flags and number of processes). gathered: the Booster gathers them into one set of "
                     "files that resumes on another number of processes. ddp always writes rank 0's copy.",
         choices=("per_rank", "gathered"))
-    load_checkpoint: Optional[str] = _f(None, "Resume the full state (model, optimizer, schedule, data position, RNG) from a step-N folder.")
-    resume: Optional[str] = _f(None, "'auto': resume from the newest complete checkpoint in --save_dir (a damaged "
+    load_checkpoint: Optional[str] = flag(None, "Resume the full state (model, optimizer, schedule, data position, RNG) from a step-N folder.")
+    resume: Optional[str] = flag(None, "'auto': resume from the newest complete checkpoint in --save_dir (a damaged "
                                      "newer one is reported and passed over); start at step 0 if there is none.",
                                choices=("auto",))
-    overwrite_checkpoints: bool = _f(False, "Start a new run in a --save_dir (and --tensorboard_dir) that holds an "
+    overwrite_checkpoints: bool = flag(False, "Start a new run in a --save_dir (and --tensorboard_dir) that holds an "
                                             "earlier run's checkpoints (and metrics): delete them first. Without it "
                                             "such a run is refused, so two runs never mix.")
-    plan: bool = _f(False, "Print the plan of this run (memory per device, fit, speed: python -m colossal_hammer.plan, "
+    plan: bool = flag(False, "Print the plan of this run (memory per device, fit, speed: python -m colossal_hammer.plan, "
                            "which also takes --gpu --nodes --gpus_per_node --tokens ...) and exit without training.")
     # ---- output ----
-    tensorboard_dir: Optional[str] = _f(None, "TensorBoard logs; metrics.jsonl and config.json are written here too. "
+    tensorboard_dir: Optional[str] = flag(None, "TensorBoard logs; metrics.jsonl and config.json are written here too. "
                                               "Default: SAVE_DIR/logs, so each stage has its own.")
 
     def weights_by_category(self) -> dict:

@@ -42,7 +42,7 @@ from .config import TrainConfig
 from .dpo import DPOTask
 from .metrics import MetricsLogger, peak_tflops, training_flops
 from ..moe import router as moe_router
-from ..moe.models import active_params
+from ..model.moe_configs import active_params
 from .plugins import build_plugin, describe_plugin, layout_of, precision_plan
 from .schedule import cosine_with_warmup, default_warmup_steps
 

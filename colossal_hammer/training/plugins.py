@@ -8,20 +8,12 @@ from typing import Optional
 
 import torch.distributed as dist
 
-# VOCAB_MULTIPLE: Colossal-AI's default make_vocab_size_divisible_by. Plugin 3d pads the vocabulary to it
-# times tp at model build (model.build.pad_vocabulary); one rule for training and the planner, kept in the
-# planner's module because that one imports no torch.
-from ..plan.layout import VOCAB_MULTIPLE, vocab_multiple  # noqa: F401 (vocab_multiple: components imports it)
-from .config import TrainConfig
 from ..errors import InputError
+from ..rules import VOCAB_MULTIPLE, fixed_row_length
+from .config import TrainConfig
 
 # What runs on a CPU-only host through colossal_hammer.compat (tests/training/test_plugin_parity.py).
 CPU_PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "3d", "moe")
-
-
-def fixed_row_length(cfg: TrainConfig) -> bool:
-    """Every batch has the same shape: random tokens, or rows padded to --max_length."""
-    return cfg.benchmark or cfg.padding_mode == "max_length"
 
 
 def _refuse(message: str) -> None:

@@ -15,11 +15,12 @@ from typing import Callable, Optional
 
 import torch.distributed as dist
 
+from ..errors import InputError
+from ..model.adapter_folder import is_adapter_folder
+from . import run_lock
 from .checkpoint import checkpoint_problem, complete_checkpoints, newest_good_checkpoint, our_folders
 from .config import TrainConfig
-from . import run_lock
 from .rank_files import has_rank_optimizer
-from ..errors import InputError
 
 # Settings a checkpoint cannot be resumed across: the model it started from (which stage it is), and the
 # plugin layout that shaped its optimizer files. The data-parallel size may change (the sampler re-splits)
@@ -81,7 +82,7 @@ def _describe_source(config: dict) -> str:
 def new_stage_from(path: str) -> str:
     """How to start a new stage from a checkpoint's weights: --load_weights_only, once a LoRA checkpoint's
     adapters are merged into whole weights (--load_weights_only refuses an adapter folder)."""
-    if os.path.isfile(os.path.join(path, "modeling", "adapter_config.json")):
+    if is_adapter_folder(os.path.join(path, "modeling")):
         return (f"merge its adapters (python -m colossal_hammer.model.export --checkpoint {path} --output_dir DIR "
                 "--merge_lora) and start a new stage from them with --load_weights_only DIR")
     return f"start a new stage from its weights with --load_weights_only {path}"
@@ -89,7 +90,7 @@ def new_stage_from(path: str) -> str:
 
 def check_same_run(path: str, cfg: TrainConfig, base: Optional[dict] = None) -> None:
     """A checkpoint resumes only the stage and plugin layout that wrote it (and a LoRA checkpoint only on the
-    base weights its adapters were trained on: `base` is lora.base_record of this run's)."""
+    base weights its adapters were trained on: `base` is adapter_folder.base_record of this run's)."""
     with open(os.path.join(path, "running_states.json"), encoding="utf-8") as f:
         saved_states = json.load(f)
     saved = {**json.loads(TrainConfig().to_json()), **saved_states.get("config", {})}
@@ -307,7 +308,7 @@ def before_start(cfg: TrainConfig, vocab_size: int, eval_tokenizer: Optional[str
     check_eval_sets(cfg, vocab_size, eval_tokenizer)
     base = None
     if lora_base:
-        from ..adapters.lora import base_record
+        from ..model.adapter_folder import base_record
 
         base = base_record(lora_base)
     start = choose_start(cfg, base)  # first: it tells a save_dir that does not exist from one that is empty

@@ -11,7 +11,8 @@ import sys
 
 import pytest
 
-from colossal_hammer.demo import base_tokenizer, texts
+from colossal_hammer.data import corpora
+from colossal_hammer.demo import base_tokenizer
 from tests.conftest import save_tiny_llama
 from tests.distributed import REPO
 
@@ -107,8 +108,8 @@ CASES = [
 def root(tmp_path_factory):
     """Every input the cases read, under one folder whose content is compared before and after."""
     root = tmp_path_factory.mktemp("inputs")
-    sprinkle = [s for sentences in texts.chinese_news().values() for s in sentences[:10]]
-    base_tokenizer.build_base_tokenizer(texts.english_paragraphs()[:300] + sprinkle, str(root / "tok"),
+    sprinkle = [s for sentences in corpora.chinese_news().values() for s in sentences[:10]]
+    base_tokenizer.build_base_tokenizer(corpora.english_paragraphs()[:300] + sprinkle, str(root / "tok"),
                                         vocab_size=2500)
     shutil.copy(root / "tok" / "tokenizer.model", root / "donor.model")
     save_tiny_llama(str(root / "tok"), root / "model")

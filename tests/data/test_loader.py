@@ -5,7 +5,7 @@ import torch
 
 from colossal_hammer.data.loader import BinnedDataset, BucketSampler, PackedCollator
 from colossal_hammer.data.pretrain import main as prepare
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 from colossal_hammer.errors import InputError
 from tests.conftest import write_jsonl
 
@@ -13,9 +13,9 @@ from tests.conftest import write_jsonl
 @pytest.fixture(scope="module")
 def dataset(tokenizer_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("binned")
-    news = texts.chinese_news()
+    news = corpora.chinese_news()
     rows = [{"target": s, "category": c} for c in ("体育", "科技", "财经") for s in news[c][:60]]
-    rows += [{"target": p, "category": "english"} for p in texts.english_paragraphs()[:120]]
+    rows += [{"target": p, "category": "english"} for p in corpora.english_paragraphs()[:120]]
     write_jsonl(base / "in" / "a.jsonl", rows)
     prepare(["--data_input_dirs", str(base / "in"), "--tokenizer_dir", tokenizer_dir, "--data_output_dirs",
              str(base / "out"), "--max_length", "64", "--num_spliced_dataset_bins", "4"])

@@ -9,18 +9,18 @@ from datasets import load_from_disk
 from transformers import AutoTokenizer
 
 from colossal_hammer.data.pretrain import main as prepare
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 from tests.conftest import write_jsonl
 
 IGNORE = -100
 
 
 def corpus_rows():
-    news = texts.chinese_news()
+    news = corpora.chinese_news()
     rows = [{"target": s, "category": cat} for cat in sorted(news) for s in news[cat][:40]]
-    rows += [{"target": p, "category": "english"} for p in texts.english_paragraphs()[:150]]
+    rows += [{"target": p, "category": "english"} for p in corpora.english_paragraphs()[:150]]
     # far longer than max_length: must be chunked, not truncated
-    rows.append({"target": "\n\n".join(texts.english_paragraphs()[200:230]), "category": "english"})
+    rows.append({"target": "\n\n".join(corpora.english_paragraphs()[200:230]), "category": "english"})
     return rows
 
 

@@ -5,14 +5,15 @@ import json
 import pytest
 
 from colossal_hammer.data.sft import BUILTIN_TEMPLATES
-from colossal_hammer.demo import accuracy, preference, texts
+from colossal_hammer.data import corpora
+from colossal_hammer.demo import accuracy, preference
 from colossal_hammer.eval import benchmark
 from tests.conftest import save_tiny_llama
 
 
 @pytest.mark.parametrize("n", [200, 900])
 def test_dpo_and_heldout_texts_are_disjoint_from_training_and_each_other(n):
-    news = texts.chinese_news()
+    news = corpora.chinese_news()
     dpo, heldout = preference.splits(news, n, dpo_per_category=60)
     for category, sentences in news.items():
         # by headline, what the questions ask about: the package repeats some texts
@@ -30,7 +31,7 @@ def test_dpo_and_heldout_texts_are_disjoint_from_training_and_each_other(n):
 
 
 def test_pairs_prefer_the_right_category_in_the_sft_form():
-    news = texts.chinese_news()
+    news = corpora.chinese_news()
     dpo, _ = preference.splits(news, 200, dpo_per_category=5)
     pairs = preference.pairs(dpo, sorted(news))
     assert len(pairs) == 5 * len(dpo)
@@ -63,7 +64,7 @@ def test_questions_and_scores_equal_a_plain_computation(tokenizer_dir, tmp_path)
     from colossal_hammer.data.sft import ChatSegmenter
     from colossal_hammer.data.tokenize import PartTokenizer
 
-    news = texts.chinese_news()
+    news = corpora.chinese_news()
     heldout = {c: news[c][-3:] for c in sorted(news)[:4]}
     path = tmp_path / "q.jsonl"
     assert accuracy.write_questions(path, heldout, sorted(news)) == 12
@@ -104,7 +105,7 @@ def test_accuracy_command_errors_are_one_line(tmp_path):
     from tests.distributed import REPO
 
     questions = tmp_path / "q.jsonl"
-    accuracy.write_questions(questions, {"体育": texts.chinese_news()["体育"][-2:]}, sorted(texts.chinese_news()))
+    accuracy.write_questions(questions, {"体育": corpora.chinese_news()["体育"][-2:]}, sorted(corpora.chinese_news()))
     (tmp_path / "sft").mkdir()
     (tmp_path / "sft" / "manifest.json").write_text(json.dumps({"kind": "sft", "chat_template": "x"}))
     cases = [(["--model", "no_equals_sign"], "--model no_equals_sign: give NAME=DIR"),

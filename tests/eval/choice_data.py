@@ -7,7 +7,7 @@ import csv
 import json
 import random
 
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 
 LETTERS = "ABCD"
 SUBJECTS = ("news_topic", "news_headline")
@@ -18,7 +18,7 @@ NAMES = {"体育": "体育", "娱乐": "娱乐圈", "家居": "家居装修", "�
 
 def questions(per_subject: int = 24, dev: int = 3, seed: int = 0):
     """subject -> {"dev": [...], "test": [...]}, each a dict question/A/B/C/D/answer; deterministic."""
-    news = texts.chinese_news()
+    news = corpora.chinese_news()
     categories = sorted(news)
     rng = random.Random(seed)
     out = {}

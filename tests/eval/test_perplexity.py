@@ -46,11 +46,11 @@ def test_prepared_dataset_equals_scoring_each_document_alone(tokenizer_dir, tmp_
     """A packed row scored with the document mask equals each document piece run through HF on its own."""
     from colossal_hammer.data.loader import BinnedDataset
     from colossal_hammer.data.pretrain import main as prepare_pretrain
-    from colossal_hammer.demo import texts
+    from colossal_hammer.data import corpora
     from colossal_hammer.eval.token_bytes import byte_lengths
     from tests.conftest import write_jsonl
 
-    news = texts.chinese_news()
+    news = corpora.chinese_news()
     write_jsonl(tmp_path / "raw" / "a.jsonl", [{"target": s, "category": c} for c in ("体育", "科技") for s in news[c][:6]])
     prepare_pretrain(["--data_input_dirs", str(tmp_path / "raw"), "--tokenizer_dir", tokenizer_dir, "--data_output_dirs",
                       str(tmp_path / "pt"), "--max_length", "48", "--num_spliced_dataset_bins", "1", "--num_workers", "1"])

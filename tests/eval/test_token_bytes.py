@@ -2,7 +2,7 @@
 
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 from colossal_hammer.eval.token_bytes import byte_lengths
 
 # Chinese with characters outside the small vocabulary (byte-fallback pieces), digits, English, a newline.
@@ -25,7 +25,7 @@ def test_byte_level_pieces_count_their_text_bytes():
     from tokenizers import ByteLevelBPETokenizer
 
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(texts.english_paragraphs()[:200], vocab_size=400, special_tokens=["<|end|>"])
+    bpe.train_from_iterator(corpora.english_paragraphs()[:200], vocab_size=400, special_tokens=["<|end|>"])
     tok = PreTrainedTokenizerFast(tokenizer_object=bpe._tokenizer, eos_token="<|end|>")
     table = byte_lengths(tok)
     assert table[tok.eos_token_id] == 0

@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 from colossal_hammer.model.init_embeddings import BYTE_PIECE, main as init_main
 from colossal_hammer.tokenizer.extend import main as extend_main
 
@@ -48,7 +48,7 @@ def test_init_embeddings(english_base, extended_tokenizer, tmp_path, dtype, tied
     assert target.config.tie_word_embeddings == tied
 
     # logits over old tokens on old-token text are unchanged
-    ids = old_tok(texts.english_paragraphs()[0], return_tensors="pt").input_ids[:, :64]
+    ids = old_tok(corpora.english_paragraphs()[0], return_tensors="pt").input_ids[:, :64]
     with torch.no_grad():
         before = source(ids).logits
         after = target(ids).logits
@@ -83,7 +83,7 @@ def test_tokenizer_that_does_not_extend_is_refused(english_base, tmp_path, capsy
     from colossal_hammer.demo import base_tokenizer
 
     make_source(english_base, tmp_path / "src", torch.float32, False)
-    base_tokenizer.build_base_tokenizer(texts.english_paragraphs()[::2], str(tmp_path / "other"), vocab_size=2100)
+    base_tokenizer.build_base_tokenizer(corpora.english_paragraphs()[::2], str(tmp_path / "other"), vocab_size=2100)
     with pytest.raises(SystemExit) as e:
         init_main(["--source_model_and_tokenizer_path", str(tmp_path / "src"), "--target_tokenizer_path",
                    str(tmp_path / "other"), "--target_model_path", str(tmp_path / "dst")])

@@ -6,7 +6,7 @@ import torch
 from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
 
 from colossal_hammer.model.build import load_config
-from colossal_hammer.moe.models import active_params, is_moe
+from colossal_hammer.model.moe_configs import active_params, is_moe
 from colossal_hammer.moe.router import RouterLosses, load_balancing_loss, moe_blocks
 
 

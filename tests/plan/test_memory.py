@@ -10,7 +10,8 @@ from colossal_hammer.model.build import NAMED_CONFIGS, build_model
 from colossal_hammer.plan import memory
 from colossal_hammer.plan.config import parse
 from colossal_hammer.plan.devices import resolve
-from colossal_hammer.plan.layout import gemini_chunks, layout_of, stages, vocab_multiple
+from colossal_hammer.plan.layout import gemini_chunks, layout_of, stages
+from colossal_hammer.rules import vocab_multiple
 from colossal_hammer.plan.shapes import Shape, load_shape
 
 GQA_BIAS = dict(hidden_size=96, intermediate_size=200, num_hidden_layers=3, num_attention_heads=6,

@@ -5,7 +5,7 @@ import json
 
 from transformers import AutoTokenizer
 
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 from colossal_hammer.tokenizer import analyze, charset
 from colossal_hammer.tokenizer.extend import extend_proto, main as extend_main
 from colossal_hammer.tokenizer.merge import main as merge_main
@@ -30,7 +30,7 @@ def test_extend_with_level1_gives_full_level1_coverage(english_base, tmp_path):
     report = analyze.analyze([english_base, str(tmp_path / "ext")])
     assert report[1].coverage["level1"] == 100.0
     # text without any new piece encodes to the same ids, slow and fast
-    english = texts.english_paragraphs()[:200]
+    english = corpora.english_paragraphs()[:200]
     for fast in (True, False):
         old = AutoTokenizer.from_pretrained(english_base, use_fast=fast)
         new = AutoTokenizer.from_pretrained(str(tmp_path / "ext"), use_fast=fast)
@@ -56,7 +56,7 @@ def test_merge_gives_full_coverage_and_better_compression(english_base, tmp_path
     stats = merge_main(["--base_tokenizer_dir", english_base, "--target_tokenizer_dir", str(tmp_path / "merged"),
                         "--corpus", str(corpus), "--donor_vocab_size", "10000"])
     assert 0 < stats["ratio"]
-    held_out = {"chinese": held_out_chinese(), "english": texts.english_paragraphs()[-100:]}
+    held_out = {"chinese": held_out_chinese(), "english": corpora.english_paragraphs()[-100:]}
     base, merged = analyze.analyze([english_base, str(tmp_path / "merged")], texts=held_out)
     assert merged.coverage == {"level1": 100.0, "level2": 100.0, "level3": 100.0}
     assert merged.bytes_per_token["chinese"] > 1.3 * base.bytes_per_token["chinese"]

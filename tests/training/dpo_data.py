@@ -4,13 +4,13 @@ prompts and response lengths uneven, so the pairs are learnable and the rows dif
 import random
 
 from colossal_hammer.data.preference import main as prepare_preference
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 from tests.conftest import write_jsonl
 
 
 def preference_dataset(tokenizer_dir, out, pairs: int = 32, max_length: int = 160, seed: int = 0) -> str:
     rng = random.Random(seed)
-    news = texts.chinese_news()
+    news = corpora.chinese_news()
     prompts, good, bad = news["教育"][:pairs], news["体育"][:40], news["科技"][:40]
     rows = []
     for i in range(pairs):

@@ -3,14 +3,14 @@
 import random
 
 from colossal_hammer.data.sft import main as prepare_sft
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 from tests.conftest import save_tiny_llama, write_jsonl
 
 
 def uneven_sft_dataset(tokenizer_dir, out, samples: int = 32, max_length: int = 192, seed: int = 0) -> str:
     """Chats whose replies run from a few characters to dozens, so label counts differ a lot between rows."""
     rng = random.Random(seed)
-    news = [s for c in ("体育", "科技", "教育") for s in texts.chinese_news()[c][:40]]
+    news = [s for c in ("体育", "科技", "教育") for s in corpora.chinese_news()[c][:40]]
     rows = [{"messages": [{"from": "human", "content": f"第{i}个问题：{news[i][:rng.randint(4, 20)]}？"},
                           {"from": "assistant", "content": news[i + 1][:rng.choice([2, 5, 30, 50])]}],
              "category": "qa"} for i in range(samples)]

@@ -7,7 +7,7 @@ import sys
 
 from colossal_hammer.data.pretrain import main as prepare_pretrain
 from colossal_hammer.data.sft import main as prepare_sft
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 from tests.conftest import save_tiny_llama, write_jsonl
 from tests.distributed import REPO, train
 
@@ -19,9 +19,9 @@ def tiny_model_dir(tokenizer_dir, out):
 
 
 def test_pretrain_and_sft_datasets_train(tokenizer_dir, tmp_path):
-    news = texts.chinese_news()
+    news = corpora.chinese_news()
     rows = [{"target": s, "category": c} for c in ("体育", "科技") for s in news[c][:40]]
-    rows += [{"target": p, "category": "english"} for p in texts.english_paragraphs()[:60]]
+    rows += [{"target": p, "category": "english"} for p in corpora.english_paragraphs()[:60]]
     write_jsonl(tmp_path / "raw" / "a.jsonl", rows)
     manifest = prepare_pretrain(["--data_input_dirs", str(tmp_path / "raw"), "--tokenizer_dir", tokenizer_dir,
                                  "--data_output_dirs", str(tmp_path / "pt"), "--max_length", "64", *TOKENIZER_ARGS])
@@ -53,7 +53,7 @@ def test_pretrain_and_sft_datasets_train(tokenizer_dir, tmp_path):
 
 
 def test_train_example_script_runs_as_shipped(tokenizer_dir, tmp_path):
-    write_jsonl(tmp_path / "raw" / "a.jsonl", [{"target": p, "category": "en"} for p in texts.english_paragraphs()[:80]])
+    write_jsonl(tmp_path / "raw" / "a.jsonl", [{"target": p, "category": "en"} for p in corpora.english_paragraphs()[:80]])
     prepare_pretrain(["--data_input_dirs", str(tmp_path / "raw"), "--tokenizer_dir", tokenizer_dir,
                       "--data_output_dirs", str(tmp_path / "pt"), "--max_length", "64", *TOKENIZER_ARGS])
     model = tiny_model_dir(tokenizer_dir, tmp_path / "model")

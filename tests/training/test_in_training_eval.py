@@ -10,7 +10,7 @@ import pytest
 from colossal_hammer.errors import InputError
 from colossal_hammer.data.pretrain import main as prepare_pretrain
 from colossal_hammer.data.sft import main as prepare_sft
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 from colossal_hammer.eval.perplexity import evaluate
 from tests.conftest import write_jsonl
 from tests.distributed import launch, train
@@ -31,7 +31,7 @@ SHARDED_GEMINI = {"COLOSSAL_HAMMER_GEMINI_CHUNK_M": "0.01"}
 @pytest.fixture(scope="module")
 def setup(tokenizer_dir, tmp_path_factory):
     base = tmp_path_factory.mktemp("in_training_eval")
-    news, english = texts.chinese_news(), texts.english_paragraphs()
+    news, english = corpora.chinese_news(), corpora.english_paragraphs()
     # held-out text: the training set (sft_data) uses the first 40 sentences of these categories
     write_jsonl(base / "pre-raw" / "a.jsonl", [{"target": s, "category": "体育"} for s in news["体育"][-30:]]
                 + [{"target": p, "category": "english"} for p in english[-20:]])

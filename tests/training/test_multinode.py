@@ -23,7 +23,7 @@ import time
 import pytest
 
 from colossal_hammer.data.pretrain import main as prepare_pretrain
-from colossal_hammer.demo import texts
+from colossal_hammer.data import corpora
 from tests.conftest import write_jsonl
 from tests.distributed import REPO, train
 from tests.training.test_dataset_training import TOKENIZER_ARGS, tiny_model_dir
@@ -107,7 +107,7 @@ def run_script(env) -> subprocess.CompletedProcess:
 
 
 def test_two_nodes_over_ssh_train_like_one_node_with_two_processes(ssh_home, tokenizer_dir, tmp_path):
-    write_jsonl(tmp_path / "raw" / "a.jsonl", [{"target": p, "category": "en"} for p in texts.english_paragraphs()[:80]])
+    write_jsonl(tmp_path / "raw" / "a.jsonl", [{"target": p, "category": "en"} for p in corpora.english_paragraphs()[:80]])
     prepare_pretrain(["--data_input_dirs", str(tmp_path / "raw"), "--tokenizer_dir", tokenizer_dir,
                       "--data_output_dirs", str(tmp_path / "pt"), "--max_length", "64", *TOKENIZER_ARGS])
     model = tiny_model_dir(tokenizer_dir, tmp_path / "model")

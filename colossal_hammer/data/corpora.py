@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 from typing import Dict, List
+
 from ..errors import InputError
 
 

@@ -16,7 +16,7 @@ from typing import Optional
 from ..digest import weights_sha256
 from ..errors import InputError, check_output
 from ..tokenizer.files import copy_tokenizer_files
-from .lora import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD, recorded_base
+from .adapter_folder import ADAPTER_CONFIG, ADAPTER_WEIGHTS, BASE_RECORD, recorded_base
 
 
 def adapter_folder(checkpoint: str) -> Optional[str]:
