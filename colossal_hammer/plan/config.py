@@ -14,6 +14,9 @@ from ..errors import InputError
 
 @dataclass
 class PlanConfig(TrainConfig):
+    """The cluster the run is planned for, and what the planner prints."""
+    SECTION = "cluster"
+
     gpu: Optional[str] = flag(None, "Device of the cluster (memory, dense bf16 peak, links); 'cpu' is this machine "
                                   "(host memory only). Or give --gpu_memory_gb and --peak_tflops.",
                             choices=DEVICE_NAMES)
@@ -99,7 +102,7 @@ def layout_problem(cfg, world: int) -> Optional[str]:
 
 
 def parse(argv: Optional[List[str]] = None) -> PlanConfig:
-    parser = build_parser(PlanConfig, description="Plan a training run: memory per device, fit, speed, and the "
+    parser = build_parser(PlanConfig, prog="python -m colossal_hammer.plan", description="Plan a training run: memory per device, fit, speed, and the "
                                                   "command. Takes every train.py flag plus the cluster's.")
     cfg = PlanConfig(**vars(parser.parse_args(argv)))
     cfg.validate()

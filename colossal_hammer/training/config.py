@@ -1,8 +1,10 @@
-"""Training configuration: one dataclass, and the argparse parser generated from it.
+"""Training configuration: sections of flags, each a dataclass that checks its own fields, and TrainConfig, which
+is all of them (flat: `cfg.lr`, `cfg.plugin`) plus the rules between sections.
 
-Each field is a CLI flag of the same name; its help text lives in the field's metadata so `--help`,
-the README and the code cannot drift apart. Names and defaults follow Colossal-LLaMA's train.py where
-the two overlap; the few deliberate differences say why in their help.
+Each field is a CLI flag of the same name; its help text lives in the field's metadata so `--help` (grouped by
+section), the README and the code cannot drift apart. Names and defaults follow Colossal-LLaMA's train.py where
+the two overlap; the few deliberate differences say why in their help. Every refusal is an InputError: one
+line, which train.py prints from rank 0 as `error: ...` with exit status 2.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import os
 import typing
 from dataclasses import dataclass, field
 from typing import List, Optional
+
 from ..errors import InputError
 
 PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d", "moe")
@@ -25,9 +28,17 @@ def flag(default, help, **kw):
     return field(default=default, metadata={"help": help, **kw})
 
 
+def _at_least(section, low, *names) -> None:
+    for name in names:
+        if getattr(section, name) < low:
+            raise InputError(f"--{name} must be >= {low} (got {getattr(section, name)})")
+
+
 @dataclass
-class TrainConfig:
-    # ---- model ----
+class ModelSection:
+    """What is trained: the weights or shape it starts from."""
+    SECTION = "model"
+
     pretrained: Optional[str] = flag(None, "HF-format model folder to continue training from.")
     model_config: Optional[str] = flag(
         None, "Random-init model instead of --pretrained: 'tiny', 'small', a published shape ('llama2-7b', "
@@ -39,7 +50,18 @@ class TrainConfig:
         None, "Start a new stage from these weights (a checkpoint step-N folder or an HF folder), with a fresh "
               "optimizer, schedule and step 0.")
     freeze_non_embeds_params: bool = flag(False, "Train only the input embeddings and lm_head (vocabulary stage 1).")
-    # ---- data ----
+
+    def check(self) -> None:
+        if sum(x is not None for x in (self.pretrained, self.model_config, self.load_weights_only)) != 1:
+            raise InputError("give exactly one of --pretrained DIR, --model_config tiny|small|<json> "
+                             "or --load_weights_only DIR")
+
+
+@dataclass
+class DataSection:
+    """What it trains on."""
+    SECTION = "data"
+
     dataset: Optional[List[str]] = flag(None, "Prepared dataset folders (prepare_*_dataset.py output); several allowed.")
     category_weights: Optional[str] = flag(None, "Sampling weights per category, e.g. 'english=0.5,体育=2'.")
     benchmark: bool = flag(False, "Train on random tokens (no dataset needed): for rehearsal and throughput figures.")
@@ -48,7 +70,31 @@ class TrainConfig:
                                "refused at start.")
     padding_mode: str = flag("longest", "Pad unpacked (SFT) rows to the batch's longest row or to --max_length.",
                            choices=("longest", "max_length"))
-    # ---- task ----
+
+    def weights_by_category(self) -> dict:
+        weights = {}
+        for item in filter(None, (self.category_weights or "").split(",")):
+            name, _, value = item.rpartition("=")
+            try:
+                weights[name] = float(value)
+            except ValueError:
+                raise InputError(f"--category_weights: {item!r} is not NAME=NUMBER") from None
+        return weights
+
+    def check(self) -> None:
+        if bool(self.benchmark) == bool(self.dataset):
+            raise InputError("give --dataset DIR [DIR ...] or --benchmark (random tokens), not both")
+        if self.max_length < 2:
+            raise InputError("--max_length must be >= 2 (a token and the next one to predict)")
+        _at_least(self, 0, "num_samples")
+        self.weights_by_category()
+
+
+@dataclass
+class TaskSection:
+    """The objective: language modelling or preference optimisation (DPO and its relatives)."""
+    SECTION = "task"
+
     task: str = flag("lm", "What to train: 'lm' the next-token loss on labelled tokens (pretraining and SFT datasets); "
                          "'dpo' preference optimisation on a prepare_preference_dataset.py dataset.",
                    choices=("lm", "dpo"))
@@ -57,7 +103,17 @@ class TrainConfig:
     beta: float = flag(0.1, "DPO beta (--task dpo): how far the policy may move from the reference; for orpo the "
                           "weight of the odds-ratio term.")
     simpo_gamma: float = flag(0.5, "SimPO target reward margin gamma (--dpo_loss simpo).")
-    # ---- held-out evaluation (eval/in_training.py) ----
+
+    def check(self) -> None:
+        if self.beta <= 0:
+            raise InputError(f"--beta must be > 0 (got {self.beta})")
+
+
+@dataclass
+class EvalSection:
+    """Held-out sets scored while training (eval/in_training.py)."""
+    SECTION = "evaluation"
+
     eval_dataset: Optional[List[str]] = flag(
         None, "Held-out prepared datasets as NAME=DIR (several allowed): loss and bits per byte of each, and of each "
               "of its categories, logged as eval/NAME/... every --eval_interval steps and at the end.")
@@ -67,7 +123,34 @@ class TrainConfig:
     eval_tokenizer_dir: Optional[str] = flag(
         None, "Tokenizer the eval sets were prepared with, whose tokens' bytes give bits per byte (default: the "
               "model folder's own; needed with --model_config).")
-    # ---- parallelism ----
+
+    def eval_sets(self) -> List[tuple]:
+        """(NAME, DIR) pairs of --eval_dataset; a malformed item is refused in one line."""
+        sets, seen = [], set()
+        for item in self.eval_dataset or []:
+            name, sep, folder = item.partition("=")
+            if not sep or not name or not folder:
+                raise InputError(f"--eval_dataset {item}: give NAME=DIR, e.g. heldout_zh=data/heldout_zh")
+            if "/" in name or name in seen:
+                what = "contains '/'" if "/" in name else "is given twice"
+                raise InputError(f"--eval_dataset {item}: the name {name!r} {what}; names label the metrics "
+                                 "eval/NAME/..., give each set its own name without '/'")
+            seen.add(name)
+            sets.append((name, folder))
+        return sets
+
+    def check(self) -> None:
+        _at_least(self, 0, "eval_interval", "eval_max_tokens")
+        if not self.eval_dataset and (self.eval_interval or self.eval_max_tokens or self.eval_tokenizer_dir):
+            raise InputError("--eval_interval/--eval_max_tokens/--eval_tokenizer_dir need --eval_dataset NAME=DIR")
+        self.eval_sets()
+
+
+@dataclass
+class ParallelSection:
+    """The Booster plugin, its layout and precision."""
+    SECTION = "parallelism"
+
     plugin: str = flag("gemini", "Booster plugin.", choices=PLUGINS)
     tp: int = flag(1, "Tensor-parallel size (plugins 3d and moe).")
     pp: int = flag(1, "Pipeline-parallel size (plugin 3d).")
@@ -79,11 +162,6 @@ class TrainConfig:
     sp_mode: str = flag("split_gather", "Sequence-parallel mode (plugin 3d).", choices=("split_gather", "ring", "all_to_all"))
     enable_sequence_parallelism: bool = flag(False, "Enable sequence parallelism (plugin 3d).")
     zero_cpu_offload: bool = flag(False, "Offload ZeRO optimizer states to CPU (plugins 3d and moe, zero_stage >= 1).")
-    # ---- mixture of experts (moe/router.py) ----
-    router_aux_loss_coef: float = flag(0.02, "Weight of the router's load-balancing loss in the optimised loss (MoE "
-                                           "models; Mixtral's 0.02).")
-    router_z_loss_coef: float = flag(0.0, "Weight of the router z-loss (ST-MoE: mean squared logsumexp of the router "
-                                        "logits; MoE models; 0 turns it off).")
     microbatch_size: int = flag(1, "Pipeline micro-batch size (plugin 3d with pp > 1).")
     mixed_precision: str = flag(
         "bf16",
@@ -91,12 +169,43 @@ class TrainConfig:
         "it needs no loss scaling and is the precision CPUs compute.",
         choices=("fp16", "bf16", "fp32"),
     )
-    # ---- optimisation ----
+
+    def check(self) -> None:
+        if self.plugin not in ("3d", "moe") and (self.tp, self.pp, self.sp, self.zero_stage) != (1, 1, 1, 0):
+            raise InputError(f"--tp/--pp/--sp/--zero_stage need --plugin 3d or moe (got --plugin {self.plugin})")
+        if self.ep < 1 or (self.ep > 1 and self.plugin != "moe"):
+            raise InputError(f"--ep {self.ep}: an expert-parallel size >= 1, and above 1 only with --plugin moe")
+        if self.plugin.startswith("gemini") and self.mixed_precision == "fp32":
+            raise InputError("Gemini trains in fp16 or bf16 only; use --mixed_precision bf16")
+        if self.plugin == "3d" and self.zero_stage > 0 and self.mixed_precision == "fp32":
+            raise InputError("--plugin 3d with --zero_stage > 0 trains in fp16 or bf16 only; use --mixed_precision bf16")
+        _at_least(self, 1, "microbatch_size")
+
+
+@dataclass
+class MoESection:
+    """The router's loss terms of MoE models (moe/router.py)."""
+    SECTION = "mixture of experts"
+
+    router_aux_loss_coef: float = flag(0.02, "Weight of the router's load-balancing loss in the optimised loss (MoE "
+                                           "models; Mixtral's 0.02).")
+    router_z_loss_coef: float = flag(0.0, "Weight of the router z-loss (ST-MoE: mean squared logsumexp of the router "
+                                        "logits; MoE models; 0 turns it off).")
+
+    def check(self) -> None:
+        if self.router_aux_loss_coef < 0 or self.router_z_loss_coef < 0:
+            raise InputError("--router_aux_loss_coef and --router_z_loss_coef must be >= 0")
+
+
+@dataclass
+class OptimSection:
+    """Optimizer, batch, steps and what guards them."""
+    SECTION = "optimisation"
+
     optimizer: str = flag("hybrid_adam", "HybridAdam (Colossal-AI, required by Gemini) or torch AdamW.", choices=("hybrid_adam", "adamw"))
     lr: float = flag(3e-4, "Peak learning rate.")
     weight_decay: float = flag(0.1, "AdamW weight decay on matrices (embeddings and lm_head included); never on "
                                   "1-D tensors (norms, biases).")
-    warmup_steps: Optional[int] = flag(None, "Linear warmup steps; default 2.5%% of the optimizer steps.")
     grad_clip: float = flag(1.0, "Clip the global gradient norm to this value (0 disables).")
     batch_size: int = flag(2, "Samples per data-parallel rank per micro-step.")
     accumulation_steps: int = flag(1, "Micro-steps per optimizer step (gradient accumulation).")
@@ -104,7 +213,38 @@ class TrainConfig:
     max_steps: Optional[int] = flag(None, "Stop after this many optimizer steps (the schedule still spans all epochs).")
     use_grad_checkpoint: bool = flag(False, "Recompute activations in backward to save memory.")
     use_flash_attn: bool = flag(False, "Use flash attention where the plugin and model support it (GPU only).")
-    # ---- adapters ----
+    use_neft: bool = flag(False, "NEFTune: uniform noise on input embeddings while training.")
+    neft_alpha: float = flag(5.0, "NEFTune alpha; noise scale alpha/sqrt(L*d) with L each sample's real length.")
+    seed: int = flag(42, "Seed for model init, data order and every RNG.")
+    max_bad_steps: int = flag(5, "Skip steps whose loss is NaN/inf; stop (with a checkpoint) after this many in a row.")
+    peak_tflops: Optional[float] = flag(None, "Peak TFLOPS of one device for MFU (default: the GPU's known peak; none on CPU).")
+
+    def check(self) -> None:
+        _at_least(self, 1, "batch_size", "accumulation_steps", "num_epochs", "max_bad_steps")
+        _at_least(self, 0, "lr", "weight_decay", "grad_clip")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise InputError("--max_steps must be >= 1")
+        if self.use_neft and self.neft_alpha <= 0:
+            raise InputError("--neft_alpha must be > 0 with --use_neft")
+
+
+@dataclass
+class ScheduleSection:
+    """The learning-rate schedule."""
+    SECTION = "schedule"
+
+    warmup_steps: Optional[int] = flag(None, "Linear warmup steps; default 2.5%% of the optimizer steps.")
+
+    def check(self) -> None:
+        if self.warmup_steps is not None and self.warmup_steps < 0:
+            raise InputError("--warmup_steps must be >= 0")
+
+
+@dataclass
+class LoRASection:
+    """Adapters on a frozen base (adapters/lora.py)."""
+    SECTION = "LoRA"
+
     lora_rank: Optional[int] = flag(None, "Train LoRA adapters of this rank (1 or more) on a frozen base; without "
                                         "the flag every weight trains. Plugins ddp, zero2, zero2_cpu.")
     lora_alpha: float = flag(16.0, "LoRA scaling numerator: the update is (alpha / rank) * B @ A.")
@@ -116,12 +256,20 @@ class TrainConfig:
               "a vocabulary extension, so that the new rows train.")
     lora_quantize: bool = flag(False, "QLoRA: the frozen base in 4-bit NF4 (bitsandbytes, Colossal-AI's quantize=True); "
                                     "CUDA only.")
-    use_neft: bool = flag(False, "NEFTune: uniform noise on input embeddings while training.")
-    neft_alpha: float = flag(5.0, "NEFTune alpha; noise scale alpha/sqrt(L*d) with L each sample's real length.")
-    seed: int = flag(42, "Seed for model init, data order and every RNG.")
-    max_bad_steps: int = flag(5, "Skip steps whose loss is NaN/inf; stop (with a checkpoint) after this many in a row.")
-    peak_tflops: Optional[float] = flag(None, "Peak TFLOPS of one device for MFU (default: the GPU's known peak; none on CPU).")
-    # ---- checkpoints ----
+
+    def check(self) -> None:
+        if self.lora_rank is not None and self.lora_rank < 1:
+            raise InputError(f"--lora_rank {self.lora_rank}: a LoRA rank is 1 or more; leave the flag out to "
+                             "train every weight")
+        if self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise InputError("--lora_alpha must be > 0 and --lora_dropout in [0, 1)")
+
+
+@dataclass
+class CheckpointSection:
+    """Where and how often the run saves, and what it resumes."""
+    SECTION = "checkpoints"
+
     save_dir: str = flag("checkpoint_dir", "Checkpoints go to SAVE_DIR/step-N/.")
     save_interval: int = flag(1000, "Save every N optimizer steps (0: only at the end).")
     keep_last: int = flag(0, "Keep only the newest K checkpoints (0 keeps all).")
@@ -139,90 +287,47 @@ class TrainConfig:
     overwrite_checkpoints: bool = flag(False, "Start a new run in a --save_dir (and --tensorboard_dir) that holds an "
                                             "earlier run's checkpoints (and metrics): delete them first. Without it "
                                             "such a run is refused, so two runs never mix.")
-    plan: bool = flag(False, "Print the plan of this run (memory per device, fit, speed: python -m colossal_hammer.plan, "
-                           "which also takes --gpu --nodes --gpus_per_node --tokens ...) and exit without training.")
-    # ---- output ----
+
+    def check(self) -> None:
+        if self.load_checkpoint and self.resume:
+            raise InputError("--load_checkpoint and --resume auto are alternatives; give one")
+        _at_least(self, 0, "save_interval", "keep_last")
+        if not self.checkpoint_shard_size > 0:
+            raise InputError(f"--checkpoint_shard_size must be > 0 MB (got {self.checkpoint_shard_size})")
+
+
+@dataclass
+class LoggingSection:
+    """What the run writes besides checkpoints."""
+    SECTION = "logging"
+
     tensorboard_dir: Optional[str] = flag(None, "TensorBoard logs; metrics.jsonl and config.json are written here too. "
                                               "Default: SAVE_DIR/logs, so each stage has its own.")
+    plan: bool = flag(False, "Print the plan of this run (memory per device, fit, speed: python -m colossal_hammer.plan, "
+                           "which also takes --gpu --nodes --gpus_per_node --tokens ...) and exit without training.")
 
-    def weights_by_category(self) -> dict:
-        weights = {}
-        for item in filter(None, (self.category_weights or "").split(",")):
-            name, _, value = item.rpartition("=")
-            try:
-                weights[name] = float(value)
-            except ValueError:
-                raise InputError(f"--category_weights: {item!r} is not NAME=NUMBER") from None
-        return weights
+    def check(self) -> None:
+        pass
 
-    def eval_sets(self) -> List[tuple]:
-        """(NAME, DIR) pairs of --eval_dataset; a malformed item is refused in one line."""
-        sets, seen = [], set()
-        for item in self.eval_dataset or []:
-            name, sep, folder = item.partition("=")
-            if not sep or not name or not folder:
-                raise InputError(f"--eval_dataset {item}: give NAME=DIR, e.g. heldout_zh=data/heldout_zh")
-            if "/" in name or name in seen:
-                what = "contains '/'" if "/" in name else "is given twice"
-                raise InputError(f"--eval_dataset {item}: the name {name!r} {what}; names label the metrics "
-                                 "eval/NAME/..., give each set its own name without '/'")
-            seen.add(name)
-            sets.append((name, folder))
-        return sets
+
+SECTIONS = (ModelSection, DataSection, TaskSection, EvalSection, ParallelSection, MoESection, OptimSection, ScheduleSection, LoRASection, CheckpointSection, LoggingSection)
+
+
+@dataclass
+class TrainConfig(LoggingSection, CheckpointSection, LoRASection, ScheduleSection, OptimSection, MoESection, ParallelSection, EvalSection, TaskSection, DataSection, ModelSection):
+    """Every train.py flag. Sections check their own fields; validate() adds the rules that span sections."""
 
     def validate(self) -> None:
-        for f in dataclasses.fields(self):  # `x < 0` is False for NaN: every range check below would pass it
+        for f in dataclasses.fields(self):  # `x < 0` is False for NaN: every range check would pass it
             value = getattr(self, f.name)
             if isinstance(value, float) and not math.isfinite(value):
                 raise InputError(f"--{f.name} {value}: give a finite number")  # errors.check_finite's words
-        if sum(x is not None for x in (self.pretrained, self.model_config, self.load_weights_only)) != 1:
-            raise InputError("give exactly one of --pretrained DIR, --model_config tiny|small|<json> "
-                             "or --load_weights_only DIR")
-        if bool(self.benchmark) == bool(self.dataset):
-            raise InputError("give --dataset DIR [DIR ...] or --benchmark (random tokens), not both")
-        if self.load_checkpoint and self.resume:
-            raise InputError("--load_checkpoint and --resume auto are alternatives; give one")
+        for section in SECTIONS:
+            section.check(self)
         if self.load_weights_only and self.load_checkpoint:
             raise InputError("--load_weights_only starts a new stage; --load_checkpoint resumes one: give one")
-        if self.plugin not in ("3d", "moe") and (self.tp, self.pp, self.sp, self.zero_stage) != (1, 1, 1, 0):
-            raise InputError(f"--tp/--pp/--sp/--zero_stage need --plugin 3d or moe (got --plugin {self.plugin})")
-        if self.ep < 1 or (self.ep > 1 and self.plugin != "moe"):
-            raise InputError(f"--ep {self.ep}: an expert-parallel size >= 1, and above 1 only with --plugin moe")
-        if self.router_aux_loss_coef < 0 or self.router_z_loss_coef < 0:
-            raise InputError("--router_aux_loss_coef and --router_z_loss_coef must be >= 0")
-        if self.plugin.startswith("gemini") and self.mixed_precision == "fp32":
-            raise InputError("Gemini trains in fp16 or bf16 only; use --mixed_precision bf16")
-        if self.plugin == "3d" and self.zero_stage > 0 and self.mixed_precision == "fp32":
-            raise InputError("--plugin 3d with --zero_stage > 0 trains in fp16 or bf16 only; use --mixed_precision bf16")
-        for name in ("batch_size", "accumulation_steps", "num_epochs", "microbatch_size", "max_bad_steps"):
-            if getattr(self, name) < 1:
-                raise InputError(f"--{name} must be >= 1")
-        if self.max_length < 2:
-            raise InputError("--max_length must be >= 2 (a token and the next one to predict)")
-        for name in ("lr", "weight_decay", "grad_clip", "save_interval", "keep_last", "num_samples"):
-            if getattr(self, name) < 0:
-                raise InputError(f"--{name} must be >= 0 (got {getattr(self, name)})")
-        if self.lora_rank is not None and self.lora_rank < 1:
-            raise InputError(f"--lora_rank {self.lora_rank}: a LoRA rank is 1 or more; leave the flag out to "
-                             "train every weight")
-        if self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
-            raise InputError("--lora_alpha must be > 0 and --lora_dropout in [0, 1)")
-        if not self.checkpoint_shard_size > 0:
-            raise InputError(f"--checkpoint_shard_size must be > 0 MB (got {self.checkpoint_shard_size})")
-        if self.warmup_steps is not None and self.warmup_steps < 0:
-            raise InputError("--warmup_steps must be >= 0")
-        if self.max_steps is not None and self.max_steps < 1:
-            raise InputError("--max_steps must be >= 1")
-        if self.use_neft and self.neft_alpha <= 0:
-            raise InputError("--neft_alpha must be > 0 with --use_neft")
         if self.task == "dpo":
             self._validate_dpo()
-        for name in ("eval_interval", "eval_max_tokens"):
-            if getattr(self, name) < 0:
-                raise InputError(f"--{name} must be >= 0 (got {getattr(self, name)})")
-        if not self.eval_dataset and (self.eval_interval or self.eval_max_tokens or self.eval_tokenizer_dir):
-            raise InputError("--eval_interval/--eval_max_tokens/--eval_tokenizer_dir need --eval_dataset NAME=DIR")
-        self.eval_sets()
         if self.tensorboard_dir is None:
             self.tensorboard_dir = os.path.join(self.save_dir, "logs")
 
@@ -231,8 +336,6 @@ class TrainConfig:
         if not self.dataset:
             raise InputError("--task dpo: give --dataset DIR made by prepare_preference_dataset.py (random "
                              "tokens hold no preference pairs)")
-        if self.beta <= 0:
-            raise InputError(f"--beta must be > 0 (got {self.beta})")
         if self.use_neft:
             raise InputError("--task dpo with --use_neft: noisy embeddings would make the policy differ from "
                              "its reference at step 0; drop --use_neft")
@@ -247,21 +350,31 @@ class TrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
-def build_parser(cls=TrainConfig, description: str = "") -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+def _section_of(cls, name: str):
+    """The class in cls's hierarchy that declares the field `name` (its section)."""
+    return next(c for c in cls.__mro__ if name in c.__dict__.get("__annotations__", {}))
+
+
+def build_parser(cls=TrainConfig, description: str = "", prog: Optional[str] = None) -> argparse.ArgumentParser:
+    """The flags of every field of cls, in one argument group per section (as --help shows them)."""
+    parser = argparse.ArgumentParser(prog=prog, description=description,
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     hints = typing.get_type_hints(cls)
+    groups = {}
     for f in dataclasses.fields(cls):
-        meta = dict(f.metadata)
-        flag = f"--{f.name}"
-        kind = hints[f.name]
+        section = _section_of(cls, f.name)
+        if section not in groups:
+            groups[section] = parser.add_argument_group(getattr(section, "SECTION", section.__name__),
+                                                        section.__doc__)
+        group, meta, flag_name, kind = groups[section], dict(f.metadata), f"--{f.name}", hints[f.name]
         if typing.get_origin(kind) is typing.Union:  # Optional[X] -> X
             kind = next(a for a in typing.get_args(kind) if a is not type(None))
         if kind is bool:
-            parser.add_argument(flag, action="store_true", default=f.default, help=meta["help"])
+            group.add_argument(flag_name, action="store_true", default=f.default, help=meta["help"])
         elif typing.get_origin(kind) is list:
-            parser.add_argument(flag, nargs="+", default=f.default, help=meta["help"])
+            group.add_argument(flag_name, nargs="+", default=f.default, help=meta["help"])
         else:
-            parser.add_argument(flag, type=kind, default=f.default, help=meta["help"], choices=meta.get("choices"))
+            group.add_argument(flag_name, type=kind, default=f.default, help=meta["help"], choices=meta.get("choices"))
     return parser
 
 

@@ -41,6 +41,7 @@ from .components import (attention_implementation, document_attention, eval_toke
 from .config import TrainConfig
 from .dpo import DPOTask
 from .metrics import MetricsLogger, peak_tflops, training_flops
+from ..moe import grad_norm as moe_grad_norm
 from ..moe import router as moe_router
 from ..model.moe_configs import active_params
 from .plugins import build_plugin, describe_plugin, layout_of, precision_plan
@@ -250,7 +251,7 @@ class Trainer:
         if skipped:
             step_guard.skip_step(self.optimizer)
         else:
-            grad_norm = self.optimizer.clip_grad_by_norm(cfg.grad_clip) if self.clip_here else None
+            grad_norm = self._norm_and_clip()
             skipped = not step_guard.step_and_report(self.optimizer)  # an fp16 scaler may still skip on its own
             if grad_norm is None:
                 grad_norm = self._grad_norm_from_optimizer()
@@ -278,6 +279,15 @@ class Trainer:
                                    pairs_total)
             record["mfu"] = flops / elapsed / (self.peak_tflops * 1e12 * dist.get_world_size())
         return record
+
+    def _norm_and_clip(self):
+        """The gradient norm where the loop takes it, clipping by it (None: the optimizer clips inside step): ddp
+        through torch's utility; --plugin moe by moe/grad_norm.py, since Colossal-AI's norm is wrong there."""
+        if self.cfg.plugin == "moe":
+            scale = float(getattr(step_guard.mixin_of(self.optimizer), "loss_scale", 1.0))
+            return moe_grad_norm.norm_and_clip(self.model, self.optimizer, self.cfg.grad_clip, self.plugin.tp_size,
+                                               self.layout.dp_size, scale)
+        return self.optimizer.clip_grad_by_norm(self.cfg.grad_clip) if self.clip_here else None
 
     def _grad_norm_from_optimizer(self):
         try:

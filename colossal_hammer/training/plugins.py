@@ -155,7 +155,7 @@ def build_plugin(cfg: TrainConfig, model_config=None):
             kwargs["microbatch_size"] = cfg.microbatch_size
         return HybridParallelPlugin(**kwargs)
     if cfg.plugin == "moe":
-        return moe_plugin.build(cfg, clip)
+        return moe_plugin.build(cfg)
     raise InputError(f"unknown plugin {cfg.plugin!r}")
 
 

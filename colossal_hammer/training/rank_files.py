@@ -20,7 +20,7 @@ from typing import Iterable, Iterator, Optional
 import torch
 
 from ..model.shards import Entry, plan_shards, write_file
-from .step_guard import _mixin
+from .step_guard import mixin_of
 
 SUFFIX = ".safetensors"
 
@@ -75,7 +75,7 @@ def _params(optimizer) -> list:
 
 
 def _scaler(optimizer):
-    mixin = _mixin(optimizer)
+    mixin = mixin_of(optimizer)
     return getattr(mixin, "grad_scaler", None)
 
 

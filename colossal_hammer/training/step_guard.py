@@ -18,7 +18,7 @@ import torch
 MIXIN_ATTRIBUTES = ("mixed_precision_mixin", "mix_precision_mixin", "mixed_precision")
 
 
-def _mixin(optimizer):
+def mixin_of(optimizer):
     for name in MIXIN_ATTRIBUTES:
         mixin = getattr(optimizer, name, None)
         if mixin is not None and hasattr(mixin, "should_skip_step"):
@@ -73,7 +73,7 @@ def skip_step(optimizer) -> None:
 
 
 def _skip_step(optimizer) -> None:
-    mixin = _mixin(optimizer)
+    mixin = mixin_of(optimizer)
     if mixin is not None:
         from colossalai.amp.naive_amp.mixed_precision_mixin import FP16MixedPrecisionMixin
 
@@ -100,7 +100,7 @@ def step_and_report(optimizer) -> bool:
     scale_before: Optional[float] = float(scaler.get_scale()) if scaler is not None else None
     optimizer.step()
     _end_of_step(optimizer)
-    mixin = _mixin(optimizer)
+    mixin = mixin_of(optimizer)
     found = getattr(mixin, "found_overflow", None)
     if found is not None and float(found) > 0:
         return False
