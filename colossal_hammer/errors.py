@@ -32,6 +32,12 @@ def describe_os_error(e: OSError) -> str:
     return f"{' -> '.join(map(str, names))}: {reason}" if names else reason
 
 
+def command_name(spec) -> str:
+    """How a user runs this module (`python -m colossal_hammer.x.y`), for --help's usage line: argparse would
+    say `__main__.py` or `y.py`. `spec` is the module's __spec__."""
+    return "python -m " + spec.name.removesuffix(".__main__")
+
+
 def run_cli(fn: Callable[[], T]) -> T:
     """Run a CLI body and return its result; an InputError or OSError becomes one `error:` line on
     stderr and exit status 2."""

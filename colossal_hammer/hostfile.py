@@ -21,7 +21,7 @@ import shlex
 import sys
 from typing import List, Tuple
 
-from .errors import InputError, require_file, run_cli
+from .errors import InputError, command_name, require_file, run_cli
 
 CONNECT_TIMEOUT = 10  # seconds; an unreachable address otherwise waits for the OS TCP timeout (minutes)
 
@@ -87,7 +87,7 @@ def check(path: str) -> List[str]:
 
 
 def main(argv=None) -> List[str]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0])
     p.add_argument("hostfile", help="One host name per line, as colossalai run --hostfile takes it")
     path = p.parse_args(argv).hostfile
     hosts = run_cli(lambda: check(path))

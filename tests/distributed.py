@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -25,8 +26,15 @@ def launch(args, log_dir: Path, nproc: int = 2, timeout: int = 600, env: dict = 
     cmd = [*(launcher if nproc > 1 else [sys.executable]), str(TRAIN), "--save_dir", str(log_dir) + "-ckpt", *map(str, args), "--tensorboard_dir", str(log_dir)]
     env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **(env or {})}
     log_dir.parent.mkdir(parents=True, exist_ok=True)
-    return subprocess.run(cmd, cwd=log_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                          text=True, timeout=timeout, start_new_session=True)
+    with subprocess.Popen(cmd, cwd=log_dir.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          text=True, start_new_session=True) as proc:
+        try:
+            out, _ = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:  # the launcher and every rank: none is left running after the test
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+            raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out)
 
 
 def train(args, log_dir: Path, nproc: int = 2, env: dict = None) -> dict:

@@ -25,7 +25,7 @@ import random
 from pathlib import Path
 from typing import Dict, List
 
-from ..errors import InputError, run_cli, write_json
+from ..errors import InputError, command_name, run_cli, write_json
 from ..eval import benchmark
 from ..eval.benchmark import LETTERS
 from .preference import ANSWER, QUESTION, headline
@@ -81,7 +81,7 @@ def score(model_dir: str, questions: List[benchmark.Question], template: str, ba
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0])
     p.add_argument("--data", required=True, help="Questions jsonl in eval.choice's layout (write_questions)")
     p.add_argument("--sft_dataset", required=True, help="The SFT's prepared dataset: its manifest's chat template")
     p.add_argument("--model", nargs="+", required=True, help="NAME=DIR, HF folders with their tokenizers")

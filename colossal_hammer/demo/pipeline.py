@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import InputError, check_output, run_cli
+from ..errors import InputError, check_output, command_name, run_cli
 from .post_training import PostTraining
 from .progress import Progress, relay
 from .upcycling import Upcycling
@@ -361,7 +361,7 @@ figures run a little apart from the exports' above). The middle plot shows them 
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--output_dir", default="demo_output")
     a = p.parse_args(argv)

@@ -17,7 +17,7 @@ import argparse
 import os
 from typing import Dict, List
 
-from ..errors import (InputError, check_device, check_output_file, check_positive, require_model, run_cli,
+from ..errors import (command_name, InputError, check_device, check_output_file, check_positive, require_model, run_cli,
                       write_json)
 from ..model.folders import hf_folder_of
 from . import benchmark
@@ -99,7 +99,7 @@ def print_table(report: dict) -> None:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True,
                    help="HF model folder with its tokenizer: an export, an HF download or a checkpoint's step-N")

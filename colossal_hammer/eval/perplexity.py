@@ -27,7 +27,7 @@ from . import scoring
 from .loading import load_model
 from .token_bytes import byte_lengths
 from ..model.build import mask_padded_logits
-from ..errors import (InputError, check_device, check_output_file, check_positive, require_file, require_model,
+from ..errors import (command_name, InputError, check_device, check_output_file, check_positive, require_file, require_model,
                       run_cli, write_json)
 
 
@@ -128,7 +128,7 @@ def score_prepared(model, tokenizer, path: str, dataset, max_tokens: int, device
 
 
 def main(argv=None) -> Dict[str, dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="HF model folder (with its tokenizer), e.g. an export")
     p.add_argument("--data", required=True,

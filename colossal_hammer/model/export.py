@@ -32,7 +32,7 @@ import os
 import sys
 from typing import TYPE_CHECKING, Dict, Iterator, List, Optional, Tuple
 
-from ..errors import InputError, check_output, require_tokenizer, run_json_cli, writing
+from ..errors import InputError, check_output, command_name, require_tokenizer, run_json_cli, writing
 from ..tokenizer.files import copy_tokenizer_files
 from .folders import hf_folder_of
 from .shards import Entry, parse_size, write_shards
@@ -257,7 +257,7 @@ def export(checkpoint: str, output_dir: str, dtype: Optional[str] = None, tokeni
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", required=True, help="A step-N checkpoint folder (or its modeling/)")
     p.add_argument("--output_dir", required=True)

@@ -21,7 +21,8 @@ import argparse
 import re
 from typing import TYPE_CHECKING, Dict, List
 
-from ..errors import InputError, check_device, check_output, require_model, require_tokenizer, run_json_cli, writing
+from ..errors import (InputError, check_device, check_output, command_name, require_model, require_tokenizer,
+                      run_json_cli, writing)
 
 if TYPE_CHECKING:  # torch loads inside the functions: bad paths are reported before it (seconds)
     import torch
@@ -119,7 +120,7 @@ def init_embeddings(source: str, target_tokenizer: str, target_model: str, init:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--source_model_and_tokenizer_path", required=True)
     p.add_argument("--target_tokenizer_path", required=True)

@@ -17,7 +17,7 @@ import argparse
 import re
 from typing import List, Optional
 
-from ..errors import InputError, check_output, run_json_cli, writing
+from ..errors import InputError, check_output, command_name, run_json_cli, writing
 from . import moe_configs as moe_models
 from ..tokenizer.files import copy_tokenizer_files
 from .export import DEFAULT_MAX_SHARD_SIZE, Source, save_config, trim_vocabulary
@@ -111,7 +111,7 @@ def upcycle(model_dir: str, output_dir: str, num_experts: int = 8, top_k: int = 
 
 
 def main(argv: Optional[list] = None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--model", required=True, help="Dense Llama: an HF folder or a checkpoint's step-N folder")
     p.add_argument("--output_dir", required=True)

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from typing import Dict, List, Optional, Sequence
 
 from ..data.tokenize import load_tokenizer
-from ..errors import InputError, check_output_file, require_tokenizer, run_cli, write_json
+from ..errors import InputError, check_output_file, command_name, require_tokenizer, run_cli, write_json
 from .charset import levels
 from .files import read_text_file
 from .sentencepiece_io import load_proto
@@ -124,7 +124,7 @@ def table(reports: List[Report], reference: str) -> str:
 
 
 def main(argv=None) -> List[dict]:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("tokenizers", nargs="+", help="HF tokenizer folders or SentencePiece .model files")
     p.add_argument("--reference", default=None, help="Tokenizer to compare token counts with (default: the first)")

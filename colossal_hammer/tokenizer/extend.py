@@ -22,7 +22,7 @@ import argparse
 import json
 from typing import Iterable, List, Optional
 
-from ..errors import InputError, check_finite, check_output, require_tokenizer, run_cli
+from ..errors import InputError, check_finite, check_output, command_name, require_tokenizer, run_cli
 from .files import read_text_file
 from .sentencepiece_io import NORMAL, find_model_file, load_proto, save_hf_tokenizer
 
@@ -108,7 +108,7 @@ def extend_tokenizer(source_dir: str, target_dir: str, pieces: List[str], score:
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--source_tokenizer_dir", required=True)
     p.add_argument("--target_tokenizer_dir", required=True)

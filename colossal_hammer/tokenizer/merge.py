@@ -18,7 +18,7 @@ import json
 import statistics
 from typing import Iterable, List, Optional
 
-from ..errors import InputError, check_output, check_positive, require_file, run_cli
+from ..errors import InputError, check_output, check_positive, command_name, require_file, run_cli
 from .charset import all_chars, levels
 from .extend import extend_proto, reach_summary, summary_line
 from .files import read_text_file
@@ -100,7 +100,7 @@ def merge_tokenizer(base_dir: str, target_dir: str, corpus: Optional[List[str]] 
 
 
 def main(argv=None) -> dict:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--base_tokenizer_dir", required=True, help="HF folder with a SentencePiece tokenizer.model")
     p.add_argument("--target_tokenizer_dir", required=True)

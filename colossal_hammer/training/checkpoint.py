@@ -20,9 +20,10 @@ Weights and every per-rank file are cut into files of at most --checkpoint_shard
 Every rank writes into SAVE_DIR/.tmp-step-N/ and rank 0 renames it to step-N only after all have
 finished, so a step-N folder is complete by construction; a run killed mid-save leaves a .tmp folder
 that `--resume auto` ignores. A step-N damaged afterwards (a truncated or deleted file, a copy that
-stopped halfway, bytes overwritten in place) is found by `checkpoint_problem` against files.json's sizes and
-content hashes and the safetensors headers, and `--resume auto` falls back to the previous good one. Nothing here is unpickled: JSON, safetensors, and the Booster's
-optimizer files, which torch >= 2.6 loads with weights_only=True.
+stopped halfway, bytes overwritten in place) is found by `checkpoint_problem` against files.json's sizes
+and content hashes and the safetensors headers, and `--resume auto` falls back to the previous good one.
+Nothing here is unpickled: JSON, safetensors, and the Booster's optimizer files, which torch >= 2.6 loads
+with weights_only=True.
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ class Checkpointer:
                  chat_template: Optional[str] = None, shard_size_mb: float = 1024, per_rank_optimizer: bool = True,
                  adapter_base: Optional[dict] = None):
         self.booster = booster
-        self.adapter_base = adapter_base  # LoRA: modeling/ holds the adapters of this base (model/adapter_folder.base_record)
+        self.adapter_base = adapter_base  # LoRA: modeling/ holds the adapters of this base (adapter_folder.base_record)
         self.shard_size_mb = shard_size_mb
         self.per_rank_optimizer = per_rank_optimizer  # False for ddp, whose ranks hold the same states
         self.save_dir = save_dir
@@ -297,6 +298,9 @@ class Checkpointer:
             set_rng_state(_read_json(rng_file))
         states = _read_json(os.path.join(path, "running_states.json"))
         masters = zero_master_params(optimizer)
+        if masters is not None and states.get("world_size") != dist.get_world_size() and self.rank == 0:
+            print(f"warning: {path}: saved by {states.get('world_size')} processes; ZeRO's fp32 masters restart from "
+                  "the saved bf16/fp16 weights (the run continues, not bit-identically)", flush=True)
         if masters is not None and states.get("world_size") == dist.get_world_size():
             _, saved = read_tensors(os.path.join(path, "master"), f"rank-{self.rank}")
             saved = dict(saved)

@@ -26,12 +26,20 @@ def main() -> None:
     """A refused run ends with one `error:` line (printed by rank 0 only, not once per process) and status 2."""
     single_process_defaults()
     silence_known_noise()
+    code = 0
     try:
         run(parse_config())
     except InputError as e:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)
-        raise SystemExit(2) from None
+        code = 2
+    # Leave without running destructors: torch's gloo process group can deadlock in its own at exit (py-spy on
+    # runs that never ended after their last checkpoint: the main thread, holding the GIL, frees DDP's reducer and
+    # joins the group's worker thread, which waits for the GIL to free a finished collective's tensors). Every
+    # file is written and closed by now.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

@@ -307,14 +307,16 @@ class LoggingSection:
                            "which also takes --gpu --nodes --gpus_per_node --tokens ...) and exit without training.")
 
     def check(self) -> None:
-        pass
+        pass  # its default (SAVE_DIR/logs) needs the checkpoint section: TrainConfig.validate sets it
 
 
-SECTIONS = (ModelSection, DataSection, TaskSection, EvalSection, ParallelSection, MoESection, OptimSection, ScheduleSection, LoRASection, CheckpointSection, LoggingSection)
+SECTIONS = (ModelSection, DataSection, TaskSection, EvalSection, ParallelSection, MoESection, OptimSection,
+            ScheduleSection, LoRASection, CheckpointSection, LoggingSection)
 
 
 @dataclass
-class TrainConfig(LoggingSection, CheckpointSection, LoRASection, ScheduleSection, OptimSection, MoESection, ParallelSection, EvalSection, TaskSection, DataSection, ModelSection):
+class TrainConfig(LoggingSection, CheckpointSection, LoRASection, ScheduleSection, OptimSection, MoESection,
+                  ParallelSection, EvalSection, TaskSection, DataSection, ModelSection):  # fields in SECTIONS' order
     """Every train.py flag. Sections check their own fields; validate() adds the rules that span sections."""
 
     def validate(self) -> None:

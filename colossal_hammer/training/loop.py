@@ -3,7 +3,7 @@
 Plugins differ only in what `plugins` decides once, from the plugin object: how a step runs (plain
 forward/backward, or `execute_pipeline` under pipeline parallelism), which ranks hold a loss that
 counts towards the data-parallel mean, and whether micro-steps may skip the gradient all-reduce
-(`layout_of`); and what the loop does itself because the plugin does not: autocast, loss scaling,
+(`parallel_layout_of`); and what the loop does itself because the plugin does not: autocast, loss scaling,
 clipping, lazy init (`precision_plan`). How a non-finite step is skipped is `step_guard`'s.
 A run's position is (epoch, step, sampler state, RNG); a checkpoint holds all of it, so a resumed run
 continues exactly where the saved one stood.
@@ -44,7 +44,7 @@ from .metrics import MetricsLogger, peak_tflops, training_flops
 from ..moe import grad_norm as moe_grad_norm
 from ..moe import router as moe_router
 from ..model.moe_configs import active_params
-from .plugins import build_plugin, describe_plugin, layout_of, precision_plan
+from .plugins import build_plugin, describe_plugin, parallel_layout_of, precision_plan
 from .schedule import cosine_with_warmup, default_warmup_steps
 
 
@@ -62,7 +62,7 @@ class Trainer:
         self.rank = dist.get_rank()
         hf_config = model_config_of(cfg)  # read once: the plugin checks it, preflight takes its vocabulary
         self.plugin = build_plugin(cfg, hf_config)
-        self.layout = layout_of(self.plugin)
+        self.layout = parallel_layout_of(self.plugin)
         precision = precision_plan(self.plugin, cfg, self.device.type)
         if cfg.use_flash_attn and attention_implementation(cfg) != "flash_attention_2" and self.rank == 0:
             print("warning: --use_flash_attn needs a GPU and the flash-attn package (pip install .[gpu]); using "

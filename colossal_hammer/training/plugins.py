@@ -108,8 +108,9 @@ def build_plugin(cfg: TrainConfig, model_config=None):
         )
     clip = cfg.grad_clip if cfg.grad_clip > 0 else 0.0
     if cfg.plugin == "ddp":
-        # Frozen parameters (stage-1 vocabulary training) need find_unused_parameters; grad
-        # checkpointing re-enters forward and is incompatible with it.
+        # find_unused_parameters stays off: frozen parameters (stage-1 vocabulary training, LoRA's base) do
+        # not require grad, so DDP's reducer never waits for them; and grad checkpointing, which re-enters
+        # forward, is incompatible with it.
         # gradient_as_bucket_view: param.grad is a view into the reducer's buckets instead of a second fp32
         # copy of every gradient (4 bytes/parameter; bench/memory.py: 350M ddp steady peak 8.56 -> see
         # README's memory table). Same values, same reduction order.
@@ -244,7 +245,7 @@ def gemini_layout(model) -> dict:
     }
 
 
-def layout_of(plugin) -> ParallelLayout:
+def parallel_layout_of(plugin) -> ParallelLayout:
     from colossalai.booster.plugin import HybridParallelPlugin
 
     if isinstance(plugin, HybridParallelPlugin):

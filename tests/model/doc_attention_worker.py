@@ -38,12 +38,12 @@ def main(out: str, rows: str, argv: list) -> None:
     from colossal_hammer.model.build import DTYPES
     from colossal_hammer.training.components import make_model
     from colossal_hammer.training.config import parse_config
-    from colossal_hammer.training.plugins import build_plugin, layout_of
+    from colossal_hammer.training.plugins import build_plugin, parallel_layout_of
 
     cfg = parse_config(argv + ["--benchmark"])
     colossalai.launch_from_torch(seed=cfg.seed, verbose=False)
     plugin = build_plugin(cfg)
-    layout = layout_of(plugin)
+    layout = parallel_layout_of(plugin)
     booster = Booster(plugin=plugin)
     model = make_model(cfg, DTYPES[cfg.mixed_precision], None)
     model, *_ = booster.boost(model)
