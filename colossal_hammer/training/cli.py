@@ -33,10 +33,10 @@ def main() -> None:
         if os.environ.get("RANK", "0") == "0":
             print(f"error: {e}", file=sys.stderr, flush=True)
         code = 2
-    # Leave without running destructors: torch's gloo process group can deadlock in its own at exit (py-spy on
-    # runs that never ended after their last checkpoint: the main thread, holding the GIL, frees DDP's reducer and
-    # joins the group's worker thread, which waits for the GIL to free a finished collective's tensors). Every
-    # file is written and closed by now.
+    # Leave without running destructors (loop.run keeps its trainer alive for this): torch's gloo process group
+    # can deadlock in its own (py-spy on runs that never ended after their last checkpoint: the main thread,
+    # holding the GIL, frees DDP's reducer and joins the group's worker thread, which waits for the GIL to free
+    # a finished collective's tensors). Every file is written and closed by now.
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -286,7 +286,7 @@ class Trainer:
         if self.cfg.plugin == "moe":
             scale = float(getattr(step_guard.mixin_of(self.optimizer), "loss_scale", 1.0))
             return moe_grad_norm.norm_and_clip(self.model, self.optimizer, self.cfg.grad_clip, self.plugin.tp_size,
-                                               self.layout.dp_size, scale)
+                                               self.layout.dp_size, self.device, scale)
         return self.optimizer.clip_grad_by_norm(self.cfg.grad_clip) if self.clip_here else None
 
     def _grad_norm_from_optimizer(self):
@@ -360,13 +360,23 @@ def label_tokens(labels: torch.Tensor) -> int:
     return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
+# Trainers of this process, never freed: freeing DDP's reducer can deadlock in torch's gloo process group (the
+# main thread, holding the GIL, joins the group's worker thread, which waits for the GIL to free a finished
+# collective's tensors; seen with py-spy on runs that never exited). train.py leaves with os._exit instead.
+_KEPT = []
+
+
 def run(cfg: TrainConfig) -> list[dict]:
     trainer = Trainer(cfg)
+    _KEPT.append(trainer)
     if trainer.rank == 0:
         print(f"plugin={cfg.plugin} ({describe_plugin(trainer.plugin)}) world={dist.get_world_size()} "
               f"dp={trainer.layout.dp_size} params={trainer.num_params:,} steps={trainer.total_steps} "
               f"cpu_compat={compat.is_active()}", flush=True)
-    history = trainer.fit()
+    try:
+        history = trainer.fit()
+    finally:  # TensorBoard's buffered events too, when a run stops with an error (train.py exits with os._exit)
+        trainer.metrics.close()
     if trainer.rank == 0:
         print(json.dumps({"final_loss": history[-1]["loss"] if history else None, "steps": trainer.step}), flush=True)
     dist.barrier()

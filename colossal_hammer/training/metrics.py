@@ -90,6 +90,8 @@ class MetricsLogger:
         print(f"eval at step {record['step']}: {shown}", flush=True)
 
     def close(self) -> None:
+        """Flush and close; closing again does nothing."""
         if self.enabled:
             self.writer.close()
             self.file.close()
+            self.enabled = False

@@ -68,7 +68,11 @@ def check_writable(folder: str, flag: str) -> None:
             f.write("ok")
         os.remove(probe)
     except OSError as e:
-        fail(f"{flag} {folder}: cannot write there ({e.strerror or e}); give a folder this user can write")
+        cannot_write(folder, flag, e)
+
+
+def cannot_write(folder: str, flag: str, e: OSError):
+    fail(f"{flag} {folder}: cannot write there ({e.strerror or e}); give a folder this user can write")
 
 
 def _describe_source(config: dict) -> str:
@@ -136,7 +140,7 @@ def choose_start(cfg: TrainConfig, base: Optional[dict] = None) -> Optional[str]
         fail(f"--save_dir {save_dir} is in use by a run still going ({e}): wait for it to end, stop it, or give "
              "another --save_dir")
     except OSError as e:
-        fail(f"--save_dir {save_dir}: cannot write there ({e.strerror or e}); give a folder this user can write")
+        cannot_write(save_dir, "--save_dir", e)
     if cfg.load_checkpoint:
         problem = checkpoint_problem(cfg.load_checkpoint)
         if problem:

@@ -46,6 +46,9 @@ def main():
             json.dump(result, f)
     dist.barrier()
     dist.destroy_process_group()
+    # as train.py (training/cli.py): freeing the trainer's DDP reducer can deadlock in gloo's destructor
+    sys.stdout.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

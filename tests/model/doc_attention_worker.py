@@ -5,6 +5,7 @@ the same `make_model` train.py uses; rank 0 writes every rank's loss and which r
 """
 
 import json
+import os
 import sys
 
 import torch
@@ -64,6 +65,7 @@ def main(out: str, rows: str, argv: list) -> None:
             json.dump({"losses": [x[0] for x in everyone], "owners": [x[1] for x in everyone]}, f)
     dist.barrier()
     dist.destroy_process_group()
+    os._exit(0)  # as train.py (training/cli.py): freeing a DDP reducer can deadlock in gloo's destructor
 
 
 if __name__ == "__main__":
