@@ -40,7 +40,7 @@ def test_resume_auto_without_checkpoint_starts_fresh_and_keep_last_prunes(tmp_pa
     run = train(TINY + ["--num_samples", "64", "--plugin", "ddp", "--max_steps", "6", "--save_interval", "2", "--keep_last", "2",
                         "--save_dir", tmp_path / "ckpt", "--resume", "auto"], tmp_path / "logs")
     assert run["info"]["resumed_from"] is None
-    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step-4", "step-6"]
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == [".run.lock", "step-4", "step-6"]  # + the run lock
 
 
 def test_nan_loss_steps_are_skipped_then_the_run_stops_with_a_checkpoint(tmp_path):
