@@ -52,7 +52,7 @@ def z_loss(logits: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 
 class RouterLosses:
     """Collects the router logits of one forward, turns them into the loss term, and sums what the step log
-    reports. Stateless between steps: nothing to checkpoint."""
+    reports (a LossComponent of training/tasks.py). Stateless between steps: nothing to checkpoint."""
 
     def __init__(self, model, aux_coef: float, z_coef: float):
         self.blocks = moe_blocks(model)
@@ -107,7 +107,7 @@ class RouterLosses:
         self._reset_sums()
         return sums if owner else [0.0] * len(sums)
 
-    def metrics(self, totals: list, dp_size: int) -> dict:
+    def metrics(self, totals: list, units: float, dp_size: int) -> dict:
         """Step-log fields from the summed `take_sums`: the token-weighted mean aux and z losses (each rank's
         share carried the data-parallel factor, as the LM loss's), and the load per layer and expert as a
         fraction of that layer's top-k slots, with its coefficient of variation (0: perfectly even)."""

@@ -4,14 +4,15 @@ Plugins differ only in what `plugins` decides once, from the plugin object: how 
 forward/backward, or `execute_pipeline` under pipeline parallelism), which ranks hold a loss that
 counts towards the data-parallel mean, and whether micro-steps may skip the gradient all-reduce
 (`parallel_layout_of`); and what the loop does itself because the plugin does not: autocast, loss scaling,
-clipping, lazy init (`precision_plan`). How a non-finite step is skipped is `step_guard`'s.
+clipping, lazy init (`precision_plan`). A micro-batch's forward and backward are `micro_step`'s, where the
+clipping happens `grad_clip`'s, how a non-finite step is skipped `step_guard`'s.
 A run's position is (epoch, step, sampler state, RNG); a checkpoint holds all of it, so a resumed run
 continues exactly where the saved one stood.
 
-A step's loss is the mean over every label token of the step: all micro-steps, all data-parallel ranks.
-Each micro-batch's mean loss is weighted by its share of those tokens (times the data-parallel size the
-plugin divides gradients by), so 5 label tokens never weigh as much as 2,000. Under `--task dpo` the unit
-is the pair instead of the label token, and the forward and loss are the DPOTask's (dpo.py).
+A step's loss is the mean over every unit of the step (a label token; a pair under `--task dpo`): all
+micro-steps, all data-parallel ranks. The task (tasks.py: the Task protocol) gives each micro-batch's summed
+loss, weighted by 1/units (times the data-parallel size the plugin divides gradients by), so 5 label tokens
+never weigh as much as 2,000. The loop never asks which task or which loss components it runs.
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ import json
 import math
 import os
 import time
-from contextlib import nullcontext
 
 import torch
 import torch.distributed as dist
@@ -30,18 +30,18 @@ from ..model.build import DTYPES, mask_padded_logits, unpadded_vocab_size
 from ..adapters import lora
 from ..model.neftune import NEFTune
 from ..data.loader import join_batches
-from ..data.packing import IGNORE_INDEX
 from ..errors import InputError
 from ..eval import in_training
-from . import faults, preflight, step_guard
+from . import faults, grad_clip, preflight, step_guard
 from .checkpoint import Checkpointer
 from ..model.doc_attention import attention_pairs
 from .components import (attention_implementation, document_attention, eval_tokenizer, make_data, make_model,
                          make_optimizer, model_config_of, tokenizer_folder, weights_source)
 from .config import TrainConfig
-from .dpo import DPOTask
+from .dpo import DPOTask, compute_reference
+from .micro_step import MicroStep
+from .tasks import LanguageModelling, label_tokens
 from .metrics import MetricsLogger, peak_tflops, training_flops
-from ..moe import grad_norm as moe_grad_norm
 from ..moe import router as moe_router
 from ..model.moe_configs import active_params
 from .plugins import build_plugin, describe_plugin, parallel_layout_of, precision_plan
@@ -49,6 +49,9 @@ from .schedule import cosine_with_warmup, default_warmup_steps
 
 
 class Trainer:
+    """Built in one pass, top to bottom: processes → every check → plugin and layout → model → data → optimizer
+    and schedule → boost → what a step uses (task, loss components, clipping) → resume."""
+
     def __init__(self, cfg: TrainConfig):
         self.cfg = cfg
         compat.activate()
@@ -57,11 +60,21 @@ class Trainer:
         from colossalai.booster import Booster
         from colossalai.lazy import LazyInitContext
 
+        # processes
         colossalai.launch_from_torch(seed=cfg.seed, verbose=False)
         self.device = get_accelerator().get_current_device()
         self.rank = dist.get_rank()
+
+        # every check, before anything is built (the config's own fields were checked when it was parsed)
         hf_config = model_config_of(cfg)  # read once: the plugin checks it, preflight takes its vocabulary
-        self.plugin = build_plugin(cfg, hf_config)
+        self.plugin = build_plugin(cfg, hf_config)  # refuses what the plugin cannot run
+        lora.check(cfg, self.device.type == "cuda")
+        start = preflight.agreed(lambda: preflight.before_start(
+            cfg, unpadded_vocab_size(hf_config), eval_tokenizer(cfg),
+            lora_base=weights_source(cfg)[0] if lora.enabled(cfg) else None))
+        self.lora_base, self.resumed_from = start["lora_base"], start["resume_from"]
+
+        # plugin and layout
         self.layout = parallel_layout_of(self.plugin)
         precision = precision_plan(self.plugin, cfg, self.device.type)
         if cfg.use_flash_attn and attention_implementation(cfg) != "flash_attention_2" and self.rank == 0:
@@ -69,13 +82,8 @@ class Trainer:
                   "SDPA, which masks packed rows per document", flush=True)
         self.autocast_dtype = DTYPES[precision.autocast] if precision.autocast else None
         self.booster = Booster(plugin=self.plugin, mixed_precision=precision.booster_precision)
-        lora.check(cfg, self.device.type == "cuda")
-        self.clip_here = precision.clip_in_loop
-        start = preflight.agreed(lambda: preflight.before_start(
-            cfg, unpadded_vocab_size(hf_config), eval_tokenizer(cfg),
-            lora_base=weights_source(cfg)[0] if lora.enabled(cfg) else None))
-        self.lora_base = start["lora_base"]
 
+        # model
         lazy = LazyInitContext(default_device=self.device) if precision.lazy_init else None
         model = make_model(cfg, DTYPES[precision.model_dtype], lazy)
         if lora.enabled(cfg):
@@ -83,10 +91,9 @@ class Trainer:
         self.num_params = sum(p.numel() for p in model.parameters())
         self.num_trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         self.model_config = model.config
-        self.within_documents = document_attention(cfg).within_documents
-        self.peak_tflops = peak_tflops(cfg.peak_tflops, self.device)
         preflight.agreed(lambda: preflight.check_free_space(cfg.save_dir, self.num_params))
 
+        # data
         self.dataset, self.sampler, self.dataloader = make_data(
             cfg, unpadded_vocab_size(model.config), self.layout.dp_size, self.layout.dp_rank)
         samples_per_rank = len(self.sampler.global_order(0)) // self.layout.dp_size
@@ -96,32 +103,51 @@ class Trainer:
                 f"{len(self.dataset)} samples give no optimizer step at batch_size {cfg.batch_size} x "
                 f"accumulation {cfg.accumulation_steps} x data-parallel {self.layout.dp_size}")
         self.total_steps = cfg.num_epochs * self.steps_per_epoch
+
+        # optimizer and schedule
         warmup = cfg.warmup_steps if cfg.warmup_steps is not None else default_warmup_steps(self.total_steps)
         optimizer = make_optimizer(cfg, model)
         scheduler = cosine_with_warmup(optimizer, self.total_steps, warmup)
+
+        # boost
         self.model, self.optimizer, _, _, self.lr_scheduler = self.booster.boost(
             model=model, optimizer=optimizer, lr_scheduler=scheduler)
         unwrapped = lora.inner_model(self.model)
         tp_group = getattr(self.plugin, "tp_group", None)
         mask_padded_logits(unwrapped, dist.get_rank(tp_group) if tp_group is not None else 0)
-        self.neftune = NEFTune(unwrapped.get_input_embeddings(), cfg.neft_alpha) if cfg.use_neft else None
-        self.router = moe_router.build(cfg, unwrapped)  # MoE models: the router's loss terms and load figures
-        self.evaluator = in_training.build(cfg, self.layout, model.config.vocab_size, eval_tokenizer(cfg))
 
-        self.step = 0
-        self.epoch = 0
-        self.bad_steps = 0
-        self.attempts = 0  # train_step calls in this process, skipped ones included
-        self.last_saved = (None, None)  # (step, folder) of the newest checkpoint that holds this run's weights
+        # what a step uses
+        self.task = (DPOTask(cfg.dpo_loss, cfg.beta, cfg.simpo_gamma, self.device) if cfg.task == "dpo"
+                     else LanguageModelling())
+        router = moe_router.build(cfg, unwrapped)  # MoE models: the router's loss terms and load figures
+        self.components = [router] if router else []
+        self.micro_step = MicroStep(
+            self.booster, self.model, self.optimizer, self.layout, self.task, self.components, self.autocast_dtype,
+            self.device.type, cfg.microbatch_size,
+            NEFTune(unwrapped.get_input_embeddings(), cfg.neft_alpha) if cfg.use_neft else None)
+        self.clip = grad_clip.clipper(cfg, self.plugin, self.layout, self.model, self.optimizer, self.device,
+                                      precision.clip_in_loop)
+        self.within_documents = document_attention(cfg).within_documents
+        self.peak_tflops = peak_tflops(cfg.peak_tflops, self.device)
+        self.evaluator = in_training.build(cfg, self.layout, model.config.vocab_size, eval_tokenizer(cfg))
         self.checkpointer = Checkpointer(self.booster, cfg.save_dir, cfg.keep_last,
                                          tokenizer_folder(weights_source(cfg)[0]), start["chat_template"],
                                          shard_size_mb=cfg.checkpoint_shard_size,
                                          adapter_base=self.lora_base,
                                          per_rank_optimizer=cfg.plugin != "ddp" and cfg.optimizer_checkpoint == "per_rank")
-        self.resumed_from = start["resume_from"]
-        self.task = DPOTask(self) if cfg.task == "dpo" else None
-        if self.task:
-            self.task.start(self.resumed_from)  # before _restore: the reference is the starting weights
+        if isinstance(self.task, DPOTask):  # before resuming: the reference is the starting weights
+            per_call = cfg.batch_size * (cfg.accumulation_steps if self.layout.pipeline else 1)
+            self.checkpointer.extra_files.update(self.task.prepare_reference(
+                cfg.save_dir, self.resumed_from, self.dataset,
+                lambda: compute_reference(self.dataset, self.dataloader.collate_fn, self.micro_step.forward_only,
+                                          per_call, self.layout, self.device)))
+
+        # resume
+        self.step = 0
+        self.epoch = 0
+        self.bad_steps = 0
+        self.attempts = 0  # train_step calls in this process, skipped ones included
+        self.last_saved = (None, None)  # (step, folder) of the newest checkpoint that holds this run's weights
         if self.resumed_from:
             self._restore(self.resumed_from)
             self.last_saved = (self.step, self.resumed_from)
@@ -167,37 +193,6 @@ class Trainer:
             json.dump(run_info, f, indent=2)
 
     # ---- one step -----------------------------------------------------------------------------------
-    def _forward_backward(self, batch: dict, scale: float, last_micro: bool) -> torch.Tensor | None:
-        """Forward and backward of one micro-batch, its mean loss weighted by `scale` per label token."""
-        if self.neftune:
-            self.neftune.set_lengths(batch["attention_mask"].sum(1))
-        if self.layout.pipeline:
-            # The schedule divides each pipeline micro-batch's loss by their number; undo that, weight by tokens.
-            per_token = scale * (batch["input_ids"].shape[0] // self.cfg.microbatch_size)
-
-            def criterion(outputs, inputs):
-                count = label_tokens(inputs["labels"])
-                # no label token in this micro-batch: its mean loss is 0/0; a zero that still reaches every weight
-                loss = outputs.loss * (count * per_token) if count else outputs.logits.sum() * 0.0
-                return faults.corrupt_loss(loss, self.attempts)
-
-            out = self.booster.execute_pipeline(iter([batch]), self.model, criterion=criterion,
-                                                optimizer=self.optimizer, return_loss=True)
-            return out["loss"].detach() if out["loss"] is not None else None
-        weight = label_tokens(batch["labels"]) * scale
-        if weight == 0:  # no label token: an all-ignored mean is NaN, so predict one token with weight 0
-            batch["labels"][0, -1] = batch["input_ids"][0, -1]
-        skip_sync = not last_micro and self.layout.grad_accumulation == "no_sync"
-        sync_ctx = self.booster.no_sync(self.model, self.optimizer) if skip_sync else nullcontext()
-        amp_ctx = torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype else nullcontext()
-        with sync_ctx:
-            with amp_ctx:
-                loss = faults.corrupt_loss(self.model(**batch).loss * weight, self.attempts)
-                # MoE: the router's terms are optimised with the LM loss; the log reports them apart
-                optimised = loss + self.router.loss(batch["attention_mask"], weight) if self.router else loss
-            self.booster.backward(optimised, self.optimizer)
-        return loss.detach()
-
     def _global_sum(self, *values) -> list[float]:
         tensor = torch.stack([torch.as_tensor(v, dtype=torch.float64, device=self.device).reshape(()) for v in values])
         dist.all_reduce(tensor)
@@ -220,7 +215,7 @@ class Trainer:
         real = sum(int(b["attention_mask"].sum()) for b in batches)
         padding = sum(b["attention_mask"].numel() for b in batches) - real
         pairs = sum(attention_pairs(b["position_ids"], b["attention_mask"], self.within_documents) for b in batches)
-        units = self.task.units(batches) if self.task else labels  # what the step's loss is a mean over
+        units = sum(self.task.units(b) for b in batches)  # what the step's loss is a mean over
         labels_total, tokens_total, padding_total, pairs_total, units_total = (
             v / replicas for v in self._global_sum(labels, real, padding, pairs, units))
         scale = self.layout.dp_size / max(units_total, 1.0)
@@ -231,19 +226,18 @@ class Trainer:
         loss_sum = None
         for micro, batch in enumerate(batches):
             batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-            forward_backward = self.task.forward_backward if self.task else self._forward_backward
-            loss = forward_backward(batch, scale, last_micro=micro == len(batches) - 1)
+            loss = self.micro_step.forward_backward(batch, scale, micro == len(batches) - 1, self.attempts)
             if loss is not None:
                 loss_sum = loss if loss_sum is None else loss_sum + loss
         self.sampler.mark_consumed(cfg.batch_size * cfg.accumulation_steps)
         # One all_reduce decides for every rank: the step's loss (held by `loss_owner` ranks, once per data
-        # shard) and whether any rank's loss or gradients are not finite.
-        owned = loss_sum if (loss_sum is not None and self.layout.loss_owner) else torch.zeros((), device=self.device)
+        # shard), whether any rank's loss or gradients are not finite, and the task's and components' sums.
+        owner = self.layout.loss_owner
+        owned = loss_sum if (loss_sum is not None and owner) else torch.zeros((), device=self.device)
         grads_bad = ~step_guard.local_grads_finite(self.model, self.optimizer)
-        task_sums = self.task.take_sums() if self.task else []
-        router_sums = self.router.take_sums(self.layout.loss_owner) if self.router else []
-        loss_total, bad, *totals = self._global_sum(owned, grads_bad, *task_sums, *router_sums)
-        task_totals, router_totals = totals[:len(task_sums)], totals[len(task_sums):]
+        parts = [self.task, *self.components]
+        sums = [part.take_sums(owner) for part in parts]
+        loss_total, bad, *totals = self._global_sum(owned, grads_bad, *(v for s in sums for v in s))
         loss_value = loss_total / self.layout.dp_size  # each rank's share carried the dp factor of the gradient mean
         skipped = bad > 0 or not math.isfinite(loss_value)
         lr = self.lr_scheduler.get_last_lr()[0]
@@ -251,10 +245,10 @@ class Trainer:
         if skipped:
             step_guard.skip_step(self.optimizer)
         else:
-            grad_norm = self._norm_and_clip()
+            grad_norm = self.clip()
             skipped = not step_guard.step_and_report(self.optimizer)  # an fp16 scaler may still skip on its own
             if grad_norm is None:
-                grad_norm = self._grad_norm_from_optimizer()
+                grad_norm = grad_clip.norm_after_step(self.optimizer)
         if skipped:
             self.bad_steps += 1
         else:
@@ -269,31 +263,15 @@ class Trainer:
                   "tokens": int(round(tokens_total)), "label_tokens": int(round(labels_total)), "step_time": elapsed,
                   "tokens_per_second": tokens_per_second,
                   "padding_fraction": padding_total / max(1.0, tokens_total + padding_total), "skipped": skipped}
-        if self.task:
-            record.update(self.task.metrics(task_totals, units_total))
-        if self.router:
-            record.update(self.router.metrics(router_totals, self.layout.dp_size))
+        for part, part_sums in zip(parts, sums):
+            record.update(part.metrics(totals[:len(part_sums)], units_total, self.layout.dp_size))
+            totals = totals[len(part_sums):]
         if self.peak_tflops:
             # attention counted as computed: per document in packed rows (sum of len^2), not over whole rows
             flops = training_flops(self.model_config, active_params(self.model_config, self.num_params), tokens_total,
                                    pairs_total)
             record["mfu"] = flops / elapsed / (self.peak_tflops * 1e12 * dist.get_world_size())
         return record
-
-    def _norm_and_clip(self):
-        """The gradient norm where the loop takes it, clipping by it (None: the optimizer clips inside step): ddp
-        through torch's utility; --plugin moe by moe/grad_norm.py, since Colossal-AI's norm is wrong there."""
-        if self.cfg.plugin == "moe":
-            scale = float(getattr(step_guard.mixin_of(self.optimizer), "loss_scale", 1.0))
-            return moe_grad_norm.norm_and_clip(self.model, self.optimizer, self.cfg.grad_clip, self.plugin.tp_size,
-                                               self.layout.dp_size, self.device, scale)
-        return self.optimizer.clip_grad_by_norm(self.cfg.grad_clip) if self.clip_here else None
-
-    def _grad_norm_from_optimizer(self):
-        try:
-            return self.optimizer.get_grad_norm()
-        except NotImplementedError:
-            return None
 
     # ---- the run ------------------------------------------------------------------------------------
     def fit(self) -> list[dict]:
@@ -353,11 +331,6 @@ class Trainer:
                              f"is {saved_path or 'none (the run started from non-finite weights)'}")
         path = self.save()
         raise InputError(f"{stopped} Last good state saved to {path}")
-
-
-def label_tokens(labels: torch.Tensor) -> int:
-    """Tokens the loss predicts: label positions after the first that are not ignored."""
-    return int((labels[:, 1:] != IGNORE_INDEX).sum())
 
 
 # Trainers of this process, never freed: freeing DDP's reducer can deadlock in torch's gloo process group (the

@@ -45,7 +45,7 @@ def test_aux_term_alone_gives_the_router_a_gradient_and_counts_the_load():
     assert all(g is None or g.abs().sum() == 0 for g in last)
 
     totals = [float(v) for v in router.take_sums(owner=True)]  # as the loop's all_reduce hands them back
-    figures = router.metrics(totals, dp_size=1)
+    figures = router.metrics(totals, units=1.0, dp_size=1)
     assert figures["router_aux_loss"] == pytest.approx(term.detach().item(), rel=1e-6)
     # each real token (16 + 10 of them) fills top_k = 2 slots in every layer
     assert [sum(row) for row in figures["expert_load"]] == pytest.approx([1.0, 1.0], abs=1e-5)
@@ -122,7 +122,7 @@ def test_aux_loss_spreads_a_skewed_load():
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            figures = router.metrics(router.take_sums(owner=True), dp_size=1)
+            figures = router.metrics(router.take_sums(owner=True), units=1.0, dp_size=1)
             cv[coef].append(figures["expert_load_cv"])
             if len(cv[coef]) == 1:
                 assert min(layer[0] for layer in figures["expert_load"]) > 0.45  # expert 0 in (nearly) every top 2
