@@ -178,6 +178,24 @@ def _complete_cpu_accelerator_class():
     return CompleteCpuAccelerator
 
 
+def _patch_torch_amp_scaler() -> None:
+    """Colossal-AI's torch AMP optimizer (ddp fp16) builds `torch.cuda.amp.GradScaler`, which turns itself off
+    without CUDA (no scaling, no overflow skip); torch's CPU GradScaler does the same job on the host."""
+    from colossalai.booster.mixed_precision import fp16_torch
+
+    original = fp16_torch.TorchAMPOptimizer.__init__
+    if getattr(original, "_colossal_hammer", False):
+        return
+
+    def __init__(self, optim, init_scale=2.0**16, growth_factor=2.0, backoff_factor=0.5, growth_interval=2000):
+        original(self, optim, init_scale, growth_factor, backoff_factor, growth_interval)
+        self.scaler = torch.amp.GradScaler("cpu", init_scale=init_scale, growth_factor=growth_factor,
+                                           backoff_factor=backoff_factor, growth_interval=growth_interval)
+
+    __init__._colossal_hammer = True
+    fp16_torch.TorchAMPOptimizer.__init__ = __init__
+
+
 def _patch_record_stream() -> None:
     """ZeRO's overlapped reduction calls `tensor.record_stream(stream)`; on CPU there is one stream."""
     original = torch.Tensor.record_stream
@@ -309,6 +327,7 @@ def activate() -> bool:
     _patch_cpu_adam_kernel()
     _patch_gemini_chunks()
     _patch_moe_checkpoint_cuda_calls()
+    _patch_torch_amp_scaler()
     host_memory.return_freed_memory()
     _ACTIVE = True
     return True

@@ -64,5 +64,5 @@ def build(cfg):
         # as plugin 3d: build_model pads the vocabulary to this multiple, so the shardformer never does
         make_vocab_size_divisible_by=VOCAB_MULTIPLE,
         max_norm=0.0,  # its norm is wrong for this plugin: the loop clips by moe/grad_norm.py's instead
-        initial_scale=2**16,
+        initial_scale=cfg.initial_loss_scale,
     )

@@ -91,20 +91,11 @@ def checkpoint_problem(path: str) -> Optional[str]:
         _read_json(os.path.join(path, "running_states.json"))
     except (OSError, ValueError) as e:
         return f"running_states.json unreadable ({e.__class__.__name__})"
-    listing = os.path.join(path, FILES)
-    expected = {}
-    if os.path.isfile(listing):
-        try:
-            expected = {rel: entry if isinstance(entry, dict) else {"size": entry}  # older: sizes only
-                        for rel, entry in _read_json(listing).items()}
-        except (OSError, ValueError, AttributeError):
-            return f"{FILES} unreadable"
-        for rel, entry in expected.items():
-            file = os.path.join(path, rel)
-            if not os.path.isfile(file):
-                return f"{rel} is missing"
-            if os.path.getsize(file) != entry["size"]:
-                return f"{rel} has {os.path.getsize(file)} bytes, {entry['size']} were written"
+    expected = _listed_files(path)
+    if isinstance(expected, str):
+        return expected
+    if problem := _size_problem(path, expected):
+        return problem
     for sub in ("modeling", "optimizer"):
         if not os.path.isdir(os.path.join(path, sub)) or not os.listdir(os.path.join(path, sub)):
             return f"{sub}/ is missing or empty"
@@ -112,6 +103,42 @@ def checkpoint_problem(path: str) -> Optional[str]:
         for name in names:
             if name.endswith(".safetensors") and (problem := _safetensors_problem(os.path.join(root, name))):
                 return f"{os.path.relpath(os.path.join(root, name), path)}: {problem}"
+    return _content_problem(path, expected)
+
+
+def weights_problem(path: str) -> Optional[str]:
+    """Why the weights of the step-N folder at `path` (its modeling/) are not those it saved, or None; an HF
+    folder, or a checkpoint from before files.json, has nothing recorded to check against."""
+    expected = _listed_files(path)
+    if isinstance(expected, str):
+        return expected
+    expected = {rel: entry for rel, entry in expected.items() if rel.startswith("modeling/")}
+    return _size_problem(path, expected) or _content_problem(path, expected)
+
+
+def _listed_files(path: str):
+    """files.json's {relative path: {"size", "sha256"}} ({} without one), or why it cannot be read."""
+    listing = os.path.join(path, FILES)
+    if not os.path.isfile(listing):
+        return {}
+    try:
+        return {rel: entry if isinstance(entry, dict) else {"size": entry}  # older: sizes only
+                for rel, entry in _read_json(listing).items()}
+    except (OSError, ValueError, AttributeError):
+        return f"{FILES} unreadable"
+
+
+def _size_problem(path: str, expected: dict) -> Optional[str]:
+    for rel, entry in expected.items():
+        file = os.path.join(path, rel)
+        if not os.path.isfile(file):
+            return f"{rel} is missing"
+        if os.path.getsize(file) != entry["size"]:
+            return f"{rel} has {os.path.getsize(file)} bytes, {entry['size']} were written"
+    return None
+
+
+def _content_problem(path: str, expected: dict) -> Optional[str]:
     hashed = {rel: entry["sha256"] for rel, entry in expected.items() if "sha256" in entry}
     digests = sha256_of_files(os.path.join(path, rel) for rel in hashed)
     for rel, digest in hashed.items():

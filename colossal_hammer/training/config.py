@@ -169,8 +169,15 @@ class ParallelSection:
         "it needs no loss scaling and is the precision CPUs compute.",
         choices=("fp16", "bf16", "fp32"),
     )
+    initial_loss_scale: float = flag(
+        2.0**16, "fp16: the dynamic loss scale to start from (Colossal-AI's default 65536). Steps whose gradients "
+        "overflow are skipped and the scale halved (every second overflow under Colossal-AI's plugins), without "
+        "counting as bad steps until the scale reaches 1.")
 
     def check(self) -> None:
+        if not 1 <= self.initial_loss_scale <= 2.0**32:
+            raise InputError(f"--initial_loss_scale {self.initial_loss_scale}: must be from 1 (the scaler's floor) to "
+                             "2**32 = 4294967296 (its ceiling)")
         if self.plugin not in ("3d", "moe") and (self.tp, self.pp, self.sp, self.zero_stage) != (1, 1, 1, 0):
             raise InputError(f"--tp/--pp/--sp/--zero_stage need --plugin 3d or moe (got --plugin {self.plugin})")
         if self.ep < 1 or (self.ep > 1 and self.plugin != "moe"):

@@ -39,12 +39,13 @@ from .components import (attention_implementation, document_attention, eval_toke
                          make_optimizer, model_config_of, tokenizer_folder, weights_source)
 from .config import TrainConfig
 from .dpo import DPOTask, compute_reference
+from .loss_scale import LossScale
 from .micro_step import MicroStep
 from .tasks import LanguageModelling, label_tokens
 from .metrics import MetricsLogger, peak_tflops, training_flops
 from ..moe import router as moe_router
 from ..model.moe_configs import active_params
-from .plugins import build_plugin, describe_plugin, parallel_layout_of, precision_plan
+from .plugins import build_plugin, describe_plugin, parallel_layout_of, precision_plan, torch_amp_optimizer
 from .schedule import cosine_with_warmup, default_warmup_steps
 
 
@@ -76,7 +77,7 @@ class Trainer:
 
         # plugin and layout
         self.layout = parallel_layout_of(self.plugin)
-        precision = precision_plan(self.plugin, cfg, self.device.type)
+        precision = precision_plan(self.plugin, cfg)
         if cfg.use_flash_attn and attention_implementation(cfg) != "flash_attention_2" and self.rank == 0:
             print("warning: --use_flash_attn needs a GPU and the flash-attn package (pip install .[gpu]); using "
                   "SDPA, which masks packed rows per document", flush=True)
@@ -112,6 +113,8 @@ class Trainer:
         # boost
         self.model, self.optimizer, _, _, self.lr_scheduler = self.booster.boost(
             model=model, optimizer=optimizer, lr_scheduler=scheduler)
+        if precision.torch_loss_scaling:
+            self.optimizer = torch_amp_optimizer(self.optimizer, cfg)
         unwrapped = lora.inner_model(self.model)
         tp_group = getattr(self.plugin, "tp_group", None)
         mask_padded_logits(unwrapped, dist.get_rank(tp_group) if tp_group is not None else 0)
@@ -125,6 +128,7 @@ class Trainer:
             self.booster, self.model, self.optimizer, self.layout, self.task, self.components, self.autocast_dtype,
             self.device.type, cfg.microbatch_size,
             NEFTune(unwrapped.get_input_embeddings(), cfg.neft_alpha) if cfg.use_neft else None)
+        self.loss_scale = LossScale(self.optimizer)
         self.clip = grad_clip.clipper(cfg, self.plugin, self.layout, self.model, self.optimizer, self.device,
                                       precision.clip_in_loop)
         self.within_documents = document_attention(cfg).within_documents
@@ -159,11 +163,13 @@ class Trainer:
     # ---- state --------------------------------------------------------------------------------------
     def _running_states(self) -> dict:
         return {"epoch": self.epoch, "sampler": self.sampler.state_dict(), "data_parallel_size": self.layout.dp_size,
-                "config": json.loads(self.cfg.to_json()), "lora_base": self.lora_base}
+                "config": json.loads(self.cfg.to_json()), "lora_base": self.lora_base,
+                "loss_scale": self.loss_scale.state_dict()}
 
     def _restore(self, path: str) -> None:
         states = self.checkpointer.load(path, self.model, self.optimizer, self.lr_scheduler)
         self.step, self.epoch = states["step"], states["epoch"]
+        self.loss_scale.load_state_dict(states.get("loss_scale") or {})
         try:
             self.sampler.load_state_dict(states["sampler"])
         except InputError as e:
@@ -239,7 +245,12 @@ class Trainer:
         sums = [part.take_sums(owner) for part in parts]
         loss_total, bad, *totals = self._global_sum(owned, grads_bad, *(v for s in sums for v in s))
         loss_value = loss_total / self.layout.dp_size  # each rank's share carried the dp factor of the gradient mean
-        skipped = bad > 0 or not math.isfinite(loss_value)
+        loss_finite = math.isfinite(loss_value)
+        skipped = bad > 0 or not loss_finite
+        # fp16: gradients that overflow behind a finite loss are the scaler's business (it skips and backs off),
+        # a bad step only once the scale is at its floor; read before the skip lowers it
+        scale = self.loss_scale.value()
+        scaler_may_skip = self.loss_scale.active and loss_finite and not self.loss_scale.at_minimum()
         lr = self.lr_scheduler.get_last_lr()[0]
         grad_norm = None
         if skipped:
@@ -248,10 +259,11 @@ class Trainer:
             grad_norm = self.clip()
             skipped = not step_guard.step_and_report(self.optimizer)  # an fp16 scaler may still skip on its own
             if grad_norm is None:
-                grad_norm = grad_clip.norm_after_step(self.optimizer)
-        if skipped:
+                grad_norm = grad_clip.norm_after_step(self.optimizer, scale)
+        overflow = skipped and scaler_may_skip
+        if skipped and not overflow:
             self.bad_steps += 1
-        else:
+        elif not skipped:
             self.bad_steps = 0
             self.lr_scheduler.step()
             self.step += 1
@@ -263,6 +275,8 @@ class Trainer:
                   "tokens": int(round(tokens_total)), "label_tokens": int(round(labels_total)), "step_time": elapsed,
                   "tokens_per_second": tokens_per_second,
                   "padding_fraction": padding_total / max(1.0, tokens_total + padding_total), "skipped": skipped}
+        if self.loss_scale.active:
+            record.update(loss_scale=scale, overflow=overflow)
         for part, part_sums in zip(parts, sums):
             record.update(part.metrics(totals[:len(part_sums)], units_total, self.layout.dp_size))
             totals = totals[len(part_sums):]
@@ -293,6 +307,9 @@ class Trainer:
                     record["epoch"] = self.epoch
                     history.append(record)
                     self.metrics.log(record)
+                    if record.get("overflow"):
+                        self._on_overflow(record)
+                        continue
                     if record["skipped"]:
                         self._on_bad_step(record)
                         continue
@@ -315,13 +332,19 @@ class Trainer:
             record = self.evaluator.run(self.step, self.model, self.booster, self.plugin, self.device)
             self.metrics.log(record)
 
+    def _on_overflow(self, record: dict) -> None:
+        if self.rank == 0:
+            print(f"fp16: step {self.step + 1} skipped by the loss scaler: gradients overflowed at loss scale "
+                  f"{record['loss_scale']:g}; it now is {self.loss_scale.value():g}", flush=True)
+
     def _on_bad_step(self, record: dict) -> None:
         if self.rank == 0:
             print(f"warning: step {self.step + 1} skipped: loss {record['loss']}, grad norm {record['grad_norm']} "
                   f"({self.bad_steps} in a row)", flush=True)
         if self.bad_steps < self.cfg.max_bad_steps:
             return
-        stopped = f"{self.bad_steps} steps in a row had a NaN/inf loss or gradient; stopped."
+        stopped = (f"{self.bad_steps} steps in a row had" if self.bad_steps > 1 else "a step had") + \
+            " a NaN/inf loss or gradient" + ("" if self.bad_steps > 1 else " (--max_bad_steps 1)") + "; stopped."
         saved_step, saved_path = self.last_saved
         if saved_step == self.step:  # skipped steps change nothing: that checkpoint holds these very weights
             raise InputError(f"{stopped} The weights are those of {saved_path}; nothing new saved")

@@ -66,7 +66,7 @@ class ParallelLayout:
 @dataclass
 class PrecisionPlan:
     """What the loop does itself because the plugin does not. DDP keeps fp32 parameters: bf16 there is
-    autocast over fp32 weights, fp16 the Booster's torch AMP (loss scaling), and clipping is ours. ZeRO,
+    autocast over fp32 weights, fp16 autocast with torch AMP's loss scaling, and clipping is ours. ZeRO,
     Gemini and the hybrid plugin own precision and clip with max_norm; Gemini and 3d shard at boost, so
     the model is built under LazyInitContext and each rank materialises only its part."""
 
@@ -75,19 +75,29 @@ class PrecisionPlan:
     booster_precision: Optional[str]  # Booster(mixed_precision=...)
     clip_in_loop: bool
     lazy_init: bool
+    torch_loss_scaling: bool = False  # ddp fp16: the loop's optimizer is torch_amp_optimizer's
 
 
-def precision_plan(plugin, cfg: TrainConfig, device_type: str) -> PrecisionPlan:
+def precision_plan(plugin, cfg: TrainConfig) -> PrecisionPlan:
     from colossalai.booster.plugin import GeminiPlugin, HybridParallelPlugin, TorchDDPPlugin
 
     if not isinstance(plugin, TorchDDPPlugin):
         return PrecisionPlan(cfg.mixed_precision, None, None, clip_in_loop=False,
                              lazy_init=isinstance(plugin, (GeminiPlugin, HybridParallelPlugin)))
-    if cfg.mixed_precision == "fp16" and device_type == "cpu":
-        raise InputError("--plugin ddp with fp16 needs a GPU (torch AMP loss scaling); use bf16 or fp32")
-    return PrecisionPlan("fp32", autocast="bf16" if cfg.mixed_precision == "bf16" else None,
-                         booster_precision="fp16" if cfg.mixed_precision == "fp16" else None,
-                         clip_in_loop=cfg.grad_clip > 0, lazy_init=False)
+    # fp16 is torch AMP's: autocast plus a GradScaler (`torch_amp_optimizer`). Not the Booster's fp16 precision,
+    # which wraps the DDP model in its autocast module, where TorchDDPPlugin.no_sync (gradient accumulation)
+    # then asserts that the model is not boosted.
+    return PrecisionPlan("fp32", autocast=None if cfg.mixed_precision == "fp32" else cfg.mixed_precision,
+                         booster_precision=None, clip_in_loop=cfg.grad_clip > 0, lazy_init=False,
+                         torch_loss_scaling=cfg.mixed_precision == "fp16")
+
+
+def torch_amp_optimizer(boosted, cfg: TrainConfig):
+    """The booster's DDP optimizer wrapper swapped for Colossal-AI's torch AMP one (the same wrapper class plus
+    a GradScaler) around the same optimizer: `backward` scales the loss, `step` unscales and skips overflows."""
+    from colossalai.booster.mixed_precision.fp16_torch import TorchAMPOptimizer
+
+    return TorchAMPOptimizer(boosted.unwrap(), init_scale=cfg.initial_loss_scale)
 
 
 def build_plugin(cfg: TrainConfig, model_config=None):
@@ -121,7 +131,7 @@ def build_plugin(cfg: TrainConfig, model_config=None):
         return LowLevelZeroPlugin(
             stage=2,
             precision=cfg.mixed_precision,
-            initial_scale=2**16,
+            initial_scale=cfg.initial_loss_scale,
             cpu_offload=cfg.plugin == "zero2_cpu",
             max_norm=clip,
         )
@@ -148,7 +158,7 @@ def build_plugin(cfg: TrainConfig, model_config=None):
             make_vocab_size_divisible_by=VOCAB_MULTIPLE,
             max_norm=clip,
             precision=cfg.mixed_precision,
-            initial_scale=2**16,
+            initial_scale=cfg.initial_loss_scale,
         )
         if cfg.enable_sequence_parallelism:
             kwargs["sequence_parallelism_mode"] = cfg.sp_mode
@@ -197,7 +207,7 @@ def _gemini_plugin(cfg: TrainConfig, clip: float, host_only: bool):
     plugin = GeminiPlugin(
         precision=cfg.mixed_precision,
         placement_policy="auto" if cfg.plugin == "gemini_auto" else "static",
-        initial_scale=2**16,
+        initial_scale=cfg.initial_loss_scale,
         max_norm=clip,
         enable_gradient_accumulation=cfg.accumulation_steps > 1,
         enable_flash_attention=cfg.use_flash_attn,

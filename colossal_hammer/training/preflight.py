@@ -18,7 +18,7 @@ import torch.distributed as dist
 from ..errors import InputError
 from ..model.adapter_folder import is_adapter_folder
 from . import run_lock
-from .checkpoint import checkpoint_problem, complete_checkpoints, newest_good_checkpoint, our_folders
+from .checkpoint import checkpoint_problem, complete_checkpoints, newest_good_checkpoint, our_folders, weights_problem
 from .config import TrainConfig
 from .rank_files import has_rank_optimizer
 
@@ -310,6 +310,8 @@ def before_start(cfg: TrainConfig, vocab_size: int, eval_tokenizer: Optional[str
     if cfg.dataset:
         check_datasets(cfg, manifests, vocab_size)
     check_eval_sets(cfg, vocab_size, eval_tokenizer)
+    if cfg.load_weights_only and (problem := weights_problem(cfg.load_weights_only)):
+        fail(f"--load_weights_only {cfg.load_weights_only}: {problem}; give an intact checkpoint")
     base = None
     if lora_base:
         from ..model.adapter_folder import base_record

@@ -79,6 +79,23 @@ def test_resume_auto_passes_over_a_damaged_newest_checkpoint(damage, earlier_run
     assert [r["step"] for r in run["records"]] == [3, 4, 5, 6]
 
 
+def test_a_new_stage_from_weights_damaged_in_place_is_refused(earlier_run, tmp_path):
+    """--load_weights_only step-N checks the weights against the SHA-256 they were saved with, as a resume does."""
+    save_dir = copy_of(earlier_run, tmp_path)
+    overwrite_with_nan_in_place(next((save_dir / "step-4" / "modeling").glob("*.safetensors")))
+    at = RUN.index("--model_config")
+    stage = RUN[:at] + RUN[at + 2:]  # the weights come from the checkpoint instead
+    proc = launch(stage + ["--load_weights_only", save_dir / "step-4", "--save_dir", tmp_path / "stage2"],
+                  tmp_path / "logs", nproc=1)
+    assert proc.returncode == 2, proc.stdout[-3000:]
+    line = error_lines(proc)
+    assert len(line) == 1 and f"--load_weights_only {save_dir / 'step-4'}: modeling/" in line[0], line
+    assert "content changed since it was saved (SHA-256 differs)" in line[0]
+    intact = launch(stage + ["--load_weights_only", save_dir / "step-2", "--save_dir", tmp_path / "stage2b",
+                           "--max_steps", "1"], tmp_path / "logs2", nproc=1)
+    assert intact.returncode == 0, intact.stdout[-3000:]
+
+
 def test_a_second_launch_while_the_first_runs_is_refused(earlier_run, tmp_path):
     """The recovery command launched twice (a scheduler retry): the second finds the first still running."""
     save_dir = copy_of(earlier_run, tmp_path)
