@@ -21,6 +21,8 @@ from typing import List, Optional
 from ..errors import InputError
 
 PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d", "moe")
+SCHEDULES = ("cosine", "wsd", "constant", "linear")  # training/schedule.py
+DECAY_SHAPES = ("1-sqrt", "linear", "cosine")
 
 
 def flag(default, help, **kw):
@@ -233,11 +235,25 @@ class ScheduleSection:
     """The learning-rate schedule."""
     SECTION = "schedule"
 
-    warmup_steps: Optional[int] = flag(None, "Linear warmup steps; default 2.5%% of the optimizer steps.")
+    lr_schedule: str = flag(
+        "cosine", "After the warmup: cosine or linear decay to --min_lr_ratio x --lr over all epochs' steps (--max_steps "
+                  "stops early without moving it), constant, or wsd (warmup-stable-decay: stable at --lr, then the last "
+                  "--decay_fraction of the run's steps, up to --max_steps, decay; a larger --max_steps on resume extends "
+                  "the stable phase).", choices=SCHEDULES)
+    warmup_steps: Optional[int] = flag(None, "Linear warmup steps, counted again by every stage; default 2.5%% of the "
+                                             "steps the schedule spans.")
+    min_lr_ratio: float = flag(0.1, "Where the decay ends, as a share of --lr (not used by constant).")
+    decay_fraction: float = flag(0.2, "wsd: the share of the run's steps that decay (1.0: decay from the first step "
+                                      "after the warmup, e.g. a decay stage branched off a stable checkpoint).")
+    decay_shape: str = flag("1-sqrt", "wsd: the decay's shape; 1-sqrt did best in Hägele et al. 2024.",
+                            choices=DECAY_SHAPES)
 
     def check(self) -> None:
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise InputError("--warmup_steps must be >= 0")
+        for name in ("min_lr_ratio", "decay_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"--{name} must be between 0 and 1 (got {getattr(self, name)})")
 
 
 @dataclass
