@@ -13,6 +13,7 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+import torch.distributed as dist
 from torch.optim.lr_scheduler import LRScheduler
 
 from ..errors import InputError
@@ -27,6 +28,7 @@ class Schedule:
     min_lr_ratio: float = 0.1
     decay_steps: int = 0  # wsd: the last decay_steps steps before the horizon decay
     decay_shape: str = "1-sqrt"
+    flags: dict = dataclasses.field(default_factory=dict, compare=False)  # the flags it was made of (see load)
 
     def factor(self, step: int) -> float:
         if step < self.warmup_steps:
@@ -77,7 +79,15 @@ class ScheduledLR(LRScheduler):
     def load_state_dict(self, state_dict: dict) -> None:
         state = {k: v for k, v in state_dict.items() if k not in ("schedule", "lr_lambdas")}  # lr_lambdas: LambdaLR's
         if "schedule" in state_dict:  # checkpoints from before this class held only the step counter
-            self._check_continues(Schedule(**state_dict["schedule"]), state["base_lrs"], state["last_epoch"])
+            saved = Schedule(**state_dict["schedule"])
+            if saved != self.schedule and saved.flags == self.schedule.flags:
+                # The same flags over another number of steps: the data-parallel size changed (the gathered
+                # optimizer checkpoint allows it). The checkpoint's steps stay, or the lr would jump.
+                if dist.is_initialized() and dist.get_rank() == 0:
+                    print(f"warning: the schedule stays the checkpoint's, {saved.describe()}: this run's data-parallel "
+                          f"size would give {self.schedule.describe()}", flush=True)
+                self.schedule = saved
+            self._check_continues(saved, state["base_lrs"], state["last_epoch"])
         state.pop("base_lrs")  # equal to this run's (checked), which a changed --lr must not be overwritten by
         self.__dict__.update(state)
 
@@ -91,6 +101,11 @@ class ScheduledLR(LRScheduler):
                 f"checkpoint's schedule is {saved.describe()}, this run's is {self.schedule.describe()}; resume "
                 "with its --lr and schedule flags (a wsd or constant run may take a larger --max_steps in its stable "
                 "phase), or start a new stage from its weights with --load_weights_only")
+
+
+# What a schedule is made of besides the number of steps the data gives.
+SCHEDULE_FLAGS = ("lr", "lr_schedule", "warmup_steps", "min_lr_ratio", "decay_fraction", "decay_shape", "max_steps",
+                  "num_epochs")
 
 
 def default_warmup_steps(total_steps: int) -> int:
@@ -108,7 +123,8 @@ def schedule_for(cfg, total_steps: int) -> Schedule:
     return Schedule(kind=cfg.lr_schedule, warmup_steps=max(0, min(warmup, horizon)), horizon=horizon,
                     min_lr_ratio=cfg.min_lr_ratio,
                     decay_steps=round(cfg.decay_fraction * horizon) if cfg.lr_schedule == "wsd" else 0,
-                    decay_shape=cfg.decay_shape)
+                    decay_shape=cfg.decay_shape, flags={name: getattr(cfg, name) for name in SCHEDULE_FLAGS
+                           if name != "max_steps" or cfg.lr_schedule == "wsd"})  # the others stop, not end, there
 
 
 def build(cfg, optimizer, total_steps: int) -> ScheduledLR:

@@ -14,7 +14,7 @@ from tests.distributed import TINY, launch, train
 
 
 def config(**kw):
-    base = dict(lr_schedule="cosine", warmup_steps=None, min_lr_ratio=0.1, decay_fraction=0.2, decay_shape="1-sqrt",
+    base = dict(lr=1.0, num_epochs=1, lr_schedule="cosine", warmup_steps=None, min_lr_ratio=0.1, decay_fraction=0.2, decay_shape="1-sqrt",
                 max_steps=None)
     return SimpleNamespace(**{**base, **kw})
 
@@ -22,6 +22,7 @@ def config(**kw):
 def scheduler(lr=1.0, **kw):
     total_steps = kw.pop("total_steps", 100)
     optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(2))], lr=lr)
+    kw["lr"] = lr
     return build(config(**kw), optimizer, total_steps)
 
 
@@ -77,7 +78,8 @@ def test_state_resumes_exactly_and_a_stable_phase_extends():
 
 @pytest.mark.parametrize("saved_flags, steps, flags", [
     (dict(lr_schedule="wsd", warmup_steps=2, max_steps=10), 9, dict(lr_schedule="wsd", warmup_steps=2, max_steps=20)),
-    (dict(lr_schedule="cosine", warmup_steps=2), 5, dict(lr_schedule="cosine", warmup_steps=2, total_steps=200)),
+    (dict(lr_schedule="cosine", warmup_steps=2), 5, dict(lr_schedule="cosine", warmup_steps=2, num_epochs=2,
+                                                         total_steps=200)),
     (dict(lr_schedule="constant", warmup_steps=2), 5, dict(lr_schedule="constant", warmup_steps=2, lr=2.0)),
 ])
 def test_a_resume_that_would_jump_is_refused(saved_flags, steps, flags):
@@ -85,6 +87,14 @@ def test_a_resume_that_would_jump_is_refused(saved_flags, steps, flags):
     trace(saved, steps)
     with pytest.raises(InputError, match=f"resuming at step {steps}, the learning rate would jump"):
         resumed(saved, **flags)
+
+
+def test_the_same_flags_over_another_number_of_steps_keep_the_checkpoints_schedule():
+    """A gathered checkpoint resumed by another number of processes: the epoch has other steps, the lr stays."""
+    saved = scheduler(lr_schedule="cosine", warmup_steps=2)
+    trace(saved, 5)
+    sched = resumed(saved, lr_schedule="cosine", warmup_steps=2, total_steps=200)
+    assert sched.schedule == saved.schedule and trace(sched, 95) == trace(saved, 95)
 
 
 def test_a_checkpoint_of_the_cosine_before_this_module_resumes():
