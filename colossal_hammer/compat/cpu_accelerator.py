@@ -16,7 +16,7 @@ import torch
 import torch.distributed
 
 from ..errors import InputError
-from . import host_memory
+from . import host_memory, tied_weights
 
 _ACTIVE = False
 # The patches replace private methods of this release, read in its source; on another one they could miss, or
@@ -309,6 +309,7 @@ def activate() -> bool:
     _patch_cpu_adam_kernel()
     _patch_gemini_chunks()
     _patch_moe_checkpoint_cuda_calls()
+    tied_weights.patch()
     host_memory.return_freed_memory()
     _ACTIVE = True
     return True

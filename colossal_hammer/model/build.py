@@ -9,6 +9,7 @@ from contextlib import nullcontext
 import torch
 from transformers import AutoModelForCausalLM, LlamaConfig
 
+from .families import DENSE_MODEL_TYPES, FAMILY_CONFIGS, family_config
 from .moe_configs import MOE_CONFIGS, MOE_MODEL_TYPES, mixtral_config
 from ..errors import InputError
 
@@ -49,18 +50,22 @@ def load_config(spec: str):
         return LlamaConfig(**NAMED_CONFIGS[spec])
     if spec in MOE_CONFIGS:
         return mixtral_config(MOE_CONFIGS[spec])
+    if spec in FAMILY_CONFIGS:
+        return family_config(*FAMILY_CONFIGS[spec])
     if not os.path.isfile(spec):
-        raise InputError(f"--model_config {spec!r} is neither {sorted(NAMED_CONFIGS) + sorted(MOE_CONFIGS)} "
+        raise InputError(f"--model_config {spec!r} is neither {sorted(NAMED_CONFIGS) + sorted(FAMILY_CONFIGS) + sorted(MOE_CONFIGS)} "
                          "nor a JSON file")
     with open(spec, encoding="utf-8") as f:
         values = json.load(f)
     kind = values.pop("model_type", "llama")
     if kind == "llama":
         return LlamaConfig(**values)
+    if kind in DENSE_MODEL_TYPES:
+        return family_config(kind, values)
     if kind in MOE_MODEL_TYPES:
         return mixtral_config(values)
-    raise InputError(f"--model_config {spec}: model_type {kind!r}; give 'llama' (LlamaConfig) or "
-                     f"{' or '.join(map(repr, MOE_MODEL_TYPES))} (MixtralConfig)")
+    raise InputError(f"--model_config {spec}: model_type {kind!r}; give one of {', '.join(map(repr, DENSE_MODEL_TYPES))} "
+                     f"or {' or '.join(map(repr, MOE_MODEL_TYPES))} (MixtralConfig)")
 
 
 def unpadded_vocab_size(config) -> int:

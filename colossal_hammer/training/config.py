@@ -45,8 +45,9 @@ class ModelSection:
     model_config: Optional[str] = flag(
         None, "Random-init model instead of --pretrained: 'tiny', 'small', a published shape ('llama2-7b', "
               "'llama2-13b', 'llama2-70b', 'llama3-8b', 'llama3-70b'), a mixture of experts ('tiny_moe': top-2 of 4 "
-              "experts; 'mixtral-8x7b'), or a path to a LlamaConfig JSON (a MixtralConfig with \"model_type\": "
-              "\"mixtral\")."
+              "experts; 'mixtral-8x7b'), a tiny model of another family ('tiny_qwen2', 'tiny_qwen2_tied', 'tiny_qwen3', "
+              "'tiny_mistral', 'tiny_llama3'), or a path to a config JSON: a LlamaConfig, or with \"model_type\" "
+              "\"qwen2\", \"qwen3\", \"mistral\" or \"mixtral\" that family's config."
     )
     load_weights_only: Optional[str] = flag(
         None, "Start a new stage from these weights (a checkpoint step-N folder or an HF folder), with a fresh "
