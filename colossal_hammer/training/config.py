@@ -23,6 +23,7 @@ from ..errors import InputError
 PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d", "moe")
 SCHEDULES = ("cosine", "wsd", "constant", "linear")  # training/schedule.py
 DECAY_SHAPES = ("1-sqrt", "linear", "cosine")
+ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")  # model/rope.py
 
 
 def flag(default, help, **kw):
@@ -53,11 +54,24 @@ class ModelSection:
         None, "Start a new stage from these weights (a checkpoint step-N folder or an HF folder), with a fresh "
               "optimizer, schedule and step 0.")
     freeze_non_embeds_params: bool = flag(False, "Train only the input embeddings and lm_head (vocabulary stage 1).")
+    rope_theta: Optional[float] = flag(None, "Long-context stage: a new RoPE base (e.g. 1e6, Code Llama's), set on the "
+                                             "model's config before it is built; checkpoints and exports keep it.")
+    rope_scaling: Optional[str] = flag(
+        None, "Long-context stage: scale RoPE positions by --rope_factor (position interpolation 'linear', NTK "
+              "'dynamic', 'yarn', Llama 3.1's 'llama3'); written into config.json as transformers' rope_scaling.",
+        choices=ROPE_SCALINGS)
+    rope_factor: Optional[float] = flag(None, "With --rope_scaling: new context / the model's context (e.g. 4).")
 
     def check(self) -> None:
         if sum(x is not None for x in (self.pretrained, self.model_config, self.load_weights_only)) != 1:
             raise InputError("give exactly one of --pretrained DIR, --model_config tiny|small|<json> "
                              "or --load_weights_only DIR")
+        if (self.rope_scaling is None) != (self.rope_factor is None):
+            raise InputError("--rope_scaling and --rope_factor go together: give both or neither")
+        if self.rope_factor is not None and self.rope_factor <= 1:
+            raise InputError(f"--rope_factor must be > 1 (got {self.rope_factor})")
+        if self.rope_theta is not None and self.rope_theta <= 0:
+            raise InputError(f"--rope_theta must be > 0 (got {self.rope_theta})")
 
 
 @dataclass
