@@ -55,8 +55,8 @@ def load_config(spec: str):
     if spec in FAMILY_CONFIGS:
         return family_config(*FAMILY_CONFIGS[spec])
     if not os.path.isfile(spec):
-        raise InputError(f"--model_config {spec!r} is neither {sorted(NAMED_CONFIGS) + sorted(FAMILY_CONFIGS) + sorted(MOE_CONFIGS)} "
-                         "nor a JSON file")
+        presets = sorted(NAMED_CONFIGS) + sorted(FAMILY_CONFIGS) + sorted(MOE_CONFIGS)
+        raise InputError(f"--model_config {spec!r} is neither {presets} nor a JSON file")
     with open(spec, encoding="utf-8") as f:
         values = json.load(f)
     kind = values.pop("model_type", "llama")
@@ -66,8 +66,9 @@ def load_config(spec: str):
         return family_config(kind, values)
     if kind in MOE_MODEL_TYPES:
         return mixtral_config(values)
-    raise InputError(f"--model_config {spec}: model_type {kind!r}; give one of {', '.join(map(repr, DENSE_MODEL_TYPES))} "
-                     f"or {' or '.join(map(repr, MOE_MODEL_TYPES))} (MixtralConfig)")
+    raise InputError(f"--model_config {spec}: model_type {kind!r}; give one of "
+                     f"{', '.join(map(repr, DENSE_MODEL_TYPES))} or {' or '.join(map(repr, MOE_MODEL_TYPES))} "
+                     "(MixtralConfig)")
 
 
 def unpadded_vocab_size(config) -> int:

@@ -46,9 +46,9 @@ class ModelSection:
     model_config: Optional[str] = flag(
         None, "Random-init model instead of --pretrained: 'tiny', 'small', a published shape ('llama2-7b', "
               "'llama2-13b', 'llama2-70b', 'llama3-8b', 'llama3-70b'), a mixture of experts ('tiny_moe': top-2 of 4 "
-              "experts; 'mixtral-8x7b'), a tiny model of another family ('tiny_qwen2', 'tiny_qwen2_tied', 'tiny_qwen3', "
-              "'tiny_mistral', 'tiny_llama3'), or a path to a config JSON: a LlamaConfig, or with \"model_type\" "
-              "\"qwen2\", \"qwen3\", \"mistral\" or \"mixtral\" that family's config."
+              "experts; 'mixtral-8x7b'), a tiny model of another family ('tiny_qwen2', 'tiny_qwen2_tied', "
+              "'tiny_qwen3', 'tiny_mistral', 'tiny_llama3'), or a path to a config JSON: a LlamaConfig, or with "
+              "\"model_type\" \"qwen2\", \"qwen3\", \"mistral\" or \"mixtral\" that family's config."
     )
     load_weights_only: Optional[str] = flag(
         None, "Start a new stage from these weights (a checkpoint step-N folder or an HF folder), with a fresh "
@@ -251,10 +251,10 @@ class ScheduleSection:
     SECTION = "schedule"
 
     lr_schedule: str = flag(
-        "cosine", "After the warmup: cosine or linear decay to --min_lr_ratio x --lr over all epochs' steps (--max_steps "
-                  "stops early without moving it), constant, or wsd (warmup-stable-decay: stable at --lr, then the last "
-                  "--decay_fraction of the run's steps, up to --max_steps, decay; a larger --max_steps on resume extends "
-                  "the stable phase).", choices=SCHEDULES)
+        "cosine", "After the warmup: cosine or linear decay to --min_lr_ratio x --lr over all epochs' steps "
+                  "(--max_steps stops early without moving it), constant, or wsd (warmup-stable-decay: stable at "
+                  "--lr, then the last --decay_fraction of the run's steps, up to --max_steps, decay; a larger "
+                  "--max_steps on resume extends the stable phase).", choices=SCHEDULES)
     warmup_steps: Optional[int] = flag(None, "Linear warmup steps, counted again by every stage; default 2.5%% of the "
                                              "steps the schedule spans.")
     min_lr_ratio: float = flag(0.1, "Where the decay ends, as a share of --lr (not used by constant).")

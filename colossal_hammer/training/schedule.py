@@ -88,7 +88,7 @@ class ScheduledLR(LRScheduler):
                           f"size would give {self.schedule.describe()}", flush=True)
                 self.schedule = saved
             self._check_continues(saved, state["base_lrs"], state["last_epoch"])
-        state.pop("base_lrs")  # equal to this run's (checked), which a changed --lr must not be overwritten by
+        state.pop("base_lrs", None)  # equal to this run's (checked), which a changed --lr must not be overwritten by
         self.__dict__.update(state)
 
     def _check_continues(self, saved: Schedule, saved_base_lrs: list, step: int) -> None:

@@ -14,8 +14,8 @@ from tests.distributed import TINY, launch, train
 
 
 def config(**kw):
-    base = dict(lr=1.0, num_epochs=1, lr_schedule="cosine", warmup_steps=None, min_lr_ratio=0.1, decay_fraction=0.2, decay_shape="1-sqrt",
-                max_steps=None)
+    base = dict(lr=1.0, num_epochs=1, lr_schedule="cosine", warmup_steps=None, min_lr_ratio=0.1, decay_fraction=0.2,
+                decay_shape="1-sqrt", max_steps=None)
     return SimpleNamespace(**{**base, **kw})
 
 
