@@ -16,7 +16,7 @@ import torch
 import torch.distributed
 
 from ..errors import InputError
-from . import host_memory
+from . import host_memory, tied_weights
 
 _ACTIVE = False
 # The patches replace private methods of this release, read in its source; on another one they could miss, or
@@ -328,6 +328,7 @@ def activate() -> bool:
     _patch_gemini_chunks()
     _patch_moe_checkpoint_cuda_calls()
     _patch_torch_amp_scaler()
+    tied_weights.patch()
     host_memory.return_freed_memory()
     _ACTIVE = True
     return True

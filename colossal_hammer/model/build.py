@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 from contextlib import nullcontext
+from typing import Optional
 
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig
+from transformers import AutoConfig, AutoModelForCausalLM, LlamaConfig
 
+from . import rope as rope_settings
+from .families import DENSE_MODEL_TYPES, FAMILY_CONFIGS, family_config
 from .moe_configs import MOE_CONFIGS, MOE_MODEL_TYPES, mixtral_config
 from ..errors import InputError
 
@@ -49,18 +52,23 @@ def load_config(spec: str):
         return LlamaConfig(**NAMED_CONFIGS[spec])
     if spec in MOE_CONFIGS:
         return mixtral_config(MOE_CONFIGS[spec])
+    if spec in FAMILY_CONFIGS:
+        return family_config(*FAMILY_CONFIGS[spec])
     if not os.path.isfile(spec):
-        raise InputError(f"--model_config {spec!r} is neither {sorted(NAMED_CONFIGS) + sorted(MOE_CONFIGS)} "
-                         "nor a JSON file")
+        presets = sorted(NAMED_CONFIGS) + sorted(FAMILY_CONFIGS) + sorted(MOE_CONFIGS)
+        raise InputError(f"--model_config {spec!r} is neither {presets} nor a JSON file")
     with open(spec, encoding="utf-8") as f:
         values = json.load(f)
     kind = values.pop("model_type", "llama")
     if kind == "llama":
         return LlamaConfig(**values)
+    if kind in DENSE_MODEL_TYPES:
+        return family_config(kind, values)
     if kind in MOE_MODEL_TYPES:
         return mixtral_config(values)
-    raise InputError(f"--model_config {spec}: model_type {kind!r}; give 'llama' (LlamaConfig) or "
-                     f"{' or '.join(map(repr, MOE_MODEL_TYPES))} (MixtralConfig)")
+    raise InputError(f"--model_config {spec}: model_type {kind!r}; give one of "
+                     f"{', '.join(map(repr, DENSE_MODEL_TYPES))} or {' or '.join(map(repr, MOE_MODEL_TYPES))} "
+                     "(MixtralConfig)")
 
 
 def unpadded_vocab_size(config) -> int:
@@ -137,27 +145,30 @@ def _pad_rows_on_load(module, state_dict, prefix, *args) -> None:
 
 
 def build_model(pretrained: str | None, model_config: str | None, seed: int, dtype: torch.dtype = torch.float32,
-                lazy_ctx=None, attn_implementation: str = "sdpa", vocab_multiple: int = 1):
+                lazy_ctx=None, attn_implementation: str = "sdpa", vocab_multiple: int = 1, rope: Optional[dict] = None):
     """Return the model on CPU; the plugin casts it to its precision and places it.
 
     Pretrained weights load in `dtype` (the training precision) to halve host memory on big models.
     A config-built model is created eagerly right after seeding, so every plugin starts from the same
     weights whatever it shards. `lazy_ctx` (Colossal-AI's LazyInitContext) is used for pretrained
     weights only, where it saves host memory on large models. The vocabulary is then padded to a
-    multiple of `vocab_multiple` (`pad_vocabulary`); the real rows stay as built or loaded.
+    multiple of `vocab_multiple` (`pad_vocabulary`); the real rows stay as built or loaded. `rope` (theta,
+    scaling, factor: rope.apply's arguments) changes the RoPE of either before the model is made.
     """
+    rope = {k: v for k, v in (rope or {}).items() if v is not None}
     if model_config is not None:
         torch.manual_seed(seed)
-        config = load_config(model_config)
+        config = rope_settings.apply(load_config(model_config), **rope)
         config._attn_implementation = attn_implementation
         model = AutoModelForCausalLM.from_config(config, torch_dtype=torch.float32)
         pad_vocabulary(model, vocab_multiple)
         return model
     if not os.path.isdir(pretrained):
         raise InputError(f"--pretrained {pretrained!r} is not a folder")
+    extra = {"config": rope_settings.apply(AutoConfig.from_pretrained(pretrained), **rope)} if rope else {}
     with lazy_ctx or nullcontext():
         model = AutoModelForCausalLM.from_pretrained(
-            pretrained, torch_dtype=dtype, attn_implementation=attn_implementation, use_safetensors=None
+            pretrained, torch_dtype=dtype, attn_implementation=attn_implementation, use_safetensors=None, **extra
         )
         pad_vocabulary(model, vocab_multiple)
     return model

@@ -17,6 +17,7 @@ from ..model.folders import hf_folder_of
 from ..model.doc_attention import DocumentAttention
 from ..model.doc_attention import install as install_document_attention
 from .config import TrainConfig
+from .plugins import check_model_supported
 from ..rules import vocab_multiple
 
 
@@ -95,7 +96,9 @@ def _is_rank0() -> bool:
 def make_model(cfg: TrainConfig, dtype: torch.dtype, lazy_ctx) -> torch.nn.Module:
     weights_dir, model_config = weights_source(cfg)
     model = build_model(weights_dir, model_config, cfg.seed, dtype=dtype, lazy_ctx=lazy_ctx,
-                        attn_implementation=attention_implementation(cfg), vocab_multiple=vocab_multiple(cfg))
+                        attn_implementation=attention_implementation(cfg), vocab_multiple=vocab_multiple(cfg),
+                        rope=dict(theta=cfg.rope_theta, scaling=cfg.rope_scaling, factor=cfg.rope_factor))
+    check_model_supported(cfg, model)
     spec = document_attention(cfg)
     if spec.mode == "continuous" and _is_rank0():
         print("warning: --plugin 3d --use_flash_attn: Colossal-AI's flash attention takes no document boundaries; "

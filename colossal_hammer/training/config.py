@@ -21,6 +21,9 @@ from typing import List, Optional
 from ..errors import InputError
 
 PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "gemini_auto", "3d", "moe")
+SCHEDULES = ("cosine", "wsd", "constant", "linear")  # training/schedule.py
+DECAY_SHAPES = ("1-sqrt", "linear", "cosine")
+ROPE_SCALINGS = ("linear", "dynamic", "yarn", "llama3")  # model/rope.py
 
 
 def flag(default, help, **kw):
@@ -43,18 +46,32 @@ class ModelSection:
     model_config: Optional[str] = flag(
         None, "Random-init model instead of --pretrained: 'tiny', 'small', a published shape ('llama2-7b', "
               "'llama2-13b', 'llama2-70b', 'llama3-8b', 'llama3-70b'), a mixture of experts ('tiny_moe': top-2 of 4 "
-              "experts; 'mixtral-8x7b'), or a path to a LlamaConfig JSON (a MixtralConfig with \"model_type\": "
-              "\"mixtral\")."
+              "experts; 'mixtral-8x7b'), a tiny model of another family ('tiny_qwen2', 'tiny_qwen2_tied', "
+              "'tiny_qwen3', 'tiny_mistral', 'tiny_llama3'), or a path to a config JSON: a LlamaConfig, or with "
+              "\"model_type\" \"qwen2\", \"qwen3\", \"mistral\" or \"mixtral\" that family's config."
     )
     load_weights_only: Optional[str] = flag(
         None, "Start a new stage from these weights (a checkpoint step-N folder or an HF folder), with a fresh "
               "optimizer, schedule and step 0.")
     freeze_non_embeds_params: bool = flag(False, "Train only the input embeddings and lm_head (vocabulary stage 1).")
+    rope_theta: Optional[float] = flag(None, "Long-context stage: a new RoPE base (e.g. 1e6, Code Llama's), set on the "
+                                             "model's config before it is built; checkpoints and exports keep it.")
+    rope_scaling: Optional[str] = flag(
+        None, "Long-context stage: scale RoPE positions by --rope_factor (position interpolation 'linear', NTK "
+              "'dynamic', 'yarn', Llama 3.1's 'llama3'); written into config.json as transformers' rope_scaling.",
+        choices=ROPE_SCALINGS)
+    rope_factor: Optional[float] = flag(None, "With --rope_scaling: new context / the model's context (e.g. 4).")
 
     def check(self) -> None:
         if sum(x is not None for x in (self.pretrained, self.model_config, self.load_weights_only)) != 1:
             raise InputError("give exactly one of --pretrained DIR, --model_config tiny|small|<json> "
                              "or --load_weights_only DIR")
+        if (self.rope_scaling is None) != (self.rope_factor is None):
+            raise InputError("--rope_scaling and --rope_factor go together: give both or neither")
+        if self.rope_factor is not None and self.rope_factor <= 1:
+            raise InputError(f"--rope_factor must be > 1 (got {self.rope_factor})")
+        if self.rope_theta is not None and self.rope_theta <= 0:
+            raise InputError(f"--rope_theta must be > 0 (got {self.rope_theta})")
 
 
 @dataclass
@@ -240,11 +257,25 @@ class ScheduleSection:
     """The learning-rate schedule."""
     SECTION = "schedule"
 
-    warmup_steps: Optional[int] = flag(None, "Linear warmup steps; default 2.5%% of the optimizer steps.")
+    lr_schedule: str = flag(
+        "cosine", "After the warmup: cosine or linear decay to --min_lr_ratio x --lr over all epochs' steps "
+                  "(--max_steps stops early without moving it), constant, or wsd (warmup-stable-decay: stable at "
+                  "--lr, then the last --decay_fraction of the run's steps, up to --max_steps, decay; a larger "
+                  "--max_steps on resume extends the stable phase).", choices=SCHEDULES)
+    warmup_steps: Optional[int] = flag(None, "Linear warmup steps, counted again by every stage; default 2.5%% of the "
+                                             "steps the schedule spans.")
+    min_lr_ratio: float = flag(0.1, "Where the decay ends, as a share of --lr (not used by constant).")
+    decay_fraction: float = flag(0.2, "wsd: the share of the run's steps that decay (1.0: decay from the first step "
+                                      "after the warmup, e.g. a decay stage branched off a stable checkpoint).")
+    decay_shape: str = flag("1-sqrt", "wsd: the decay's shape; 1-sqrt did best in Hägele et al. 2024.",
+                            choices=DECAY_SHAPES)
 
     def check(self) -> None:
         if self.warmup_steps is not None and self.warmup_steps < 0:
             raise InputError("--warmup_steps must be >= 0")
+        for name in ("min_lr_ratio", "decay_fraction"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise InputError(f"--{name} must be between 0 and 1 (got {getattr(self, name)})")
 
 
 @dataclass

@@ -46,7 +46,7 @@ from .metrics import MetricsLogger, peak_tflops, training_flops
 from ..moe import router as moe_router
 from ..model.moe_configs import active_params
 from .plugins import build_plugin, describe_plugin, parallel_layout_of, precision_plan, torch_amp_optimizer
-from .schedule import cosine_with_warmup, default_warmup_steps
+from . import schedule
 
 
 class Trainer:
@@ -106,9 +106,8 @@ class Trainer:
         self.total_steps = cfg.num_epochs * self.steps_per_epoch
 
         # optimizer and schedule
-        warmup = cfg.warmup_steps if cfg.warmup_steps is not None else default_warmup_steps(self.total_steps)
         optimizer = make_optimizer(cfg, model)
-        scheduler = cosine_with_warmup(optimizer, self.total_steps, warmup)
+        scheduler = schedule.build(cfg, optimizer, self.total_steps)
 
         # boost
         self.model, self.optimizer, _, _, self.lr_scheduler = self.booster.boost(

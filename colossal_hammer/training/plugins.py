@@ -9,8 +9,9 @@ from typing import Optional
 import torch.distributed as dist
 
 from ..errors import InputError
+from ..model.families import has_shardformer_policy
 from ..rules import VOCAB_MULTIPLE, fixed_row_length
-from .config import TrainConfig
+from .config import PLUGINS, TrainConfig
 
 # What runs on a CPU-only host through colossal_hammer.compat (tests/training/test_plugin_parity.py).
 CPU_PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "3d", "moe")
@@ -19,6 +20,17 @@ CPU_PLUGINS = ("ddp", "zero2", "zero2_cpu", "gemini", "3d", "moe")
 def _refuse(message: str) -> None:
     """A bad flag combination: one `error:` line (train.py prints it from rank 0 only) and exit status 2."""
     raise InputError(message)
+
+
+# Plugins that split the model with Colossal-AI's shardformer, which needs a policy for its class.
+SHARDFORMER_PLUGINS = ("3d", "moe")
+
+
+def check_model_supported(cfg: TrainConfig, model) -> None:
+    if cfg.plugin in SHARDFORMER_PLUGINS and not has_shardformer_policy(model):
+        others = ", ".join(p for p in PLUGINS if p not in SHARDFORMER_PLUGINS)
+        _refuse(f"--plugin {cfg.plugin}: Colossal-AI 0.5.0 has no shardformer policy for {type(model).__name__} "
+                f"(model_type {model.config.model_type}); train it with --plugin {others}")
 
 
 def check_3d(cfg: TrainConfig, world: int) -> None:

@@ -29,7 +29,8 @@ STAGE_KEYS = ("pretrained", "model_config", "load_weights_only", "freeze_non_emb
 # The objective and the adapters too: a checkpoint of one is not resumed as another. A flag newer than a
 # checkpoint counts as its default there (a checkpoint from before --task existed is "lm").
 LAYOUT_KEYS = ("plugin", "tp", "pp", "sp", "sp_mode", "zero_stage", "mixed_precision", "optimizer", "lora_rank",
-               "lora_target_modules", "lora_modules_to_save", "task", "dpo_loss", "beta", "simpo_gamma")
+               "lora_target_modules", "lora_modules_to_save", "task", "dpo_loss", "beta", "simpo_gamma", "rope_theta",
+               "rope_scaling", "rope_factor")
 # Adapter settings that change what the saved adapters compute: compared when the checkpoint is a LoRA run's.
 LORA_KEYS = ("lora_alpha", "lora_dropout")
 # Bytes per parameter of one checkpoint, at most: fp32 weights or bf16 weights + fp32 masters, two fp32 moments.

@@ -196,6 +196,8 @@ CASES = {
     "nan beta": (["--beta", "nan"], "--beta nan: give a finite number"),
     "nan lora alpha": (["--lora_alpha", "nan"], "--lora_alpha nan: give a finite number"),
     "inf router aux loss": (["--router_aux_loss_coef", "inf"], "--router_aux_loss_coef inf: give a finite number"),
+    "rope_scaling without a factor": (["--rope_scaling", "yarn"], "--rope_scaling and --rope_factor go together"),
+    "min_lr_ratio above 1": (["--lr_schedule", "wsd", "--min_lr_ratio", "2"], "--min_lr_ratio must be between 0 and 1"),
     "max_length 1": (["--max_length", "1", "--plugin", "gemini", "--mixed_precision", "bf16"], "--max_length must be >= 2"),
     "stage 2 resumes stage 1": (lambda d: stage_two(d) + ["--save_dir", d, "--resume", "auto"],
                                 "belongs to another stage"),

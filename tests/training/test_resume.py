@@ -68,4 +68,5 @@ def test_gathered_optimizer_checkpoint_resumes_on_another_number_of_processes(tm
     resumed = train(flags + ["--max_steps", "6", "--load_checkpoint", tmp_path / "a" / "step-4",
                              "--save_dir", tmp_path / "b"], tmp_path / "b" / "logs", nproc=1)
     assert resumed["info"]["start_step"] == 4 and "data-parallel size 2 -> 1" in resumed["output"]
+    assert "warning: the schedule stays the checkpoint's" in resumed["output"]  # the lr does not jump
     assert sorted(losses(tmp_path / "b" / "logs")) == [5, 6]
