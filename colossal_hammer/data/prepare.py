@@ -23,9 +23,10 @@ from . import output
 from .bins import CategoryBins, content_hash
 from .manifest import MANIFEST, Manifest
 from .packing import OnePerRow, Packer
+from .whole_packing import WINDOW, WholePacker
 from ..errors import InputError
 from .reader import iter_lines, list_input_files
-from .records import ALWAYS_SKIPPED
+from .records import ALWAYS_SKIPPED, TOO_LONG
 
 
 @dataclass
@@ -40,6 +41,8 @@ class PrepareConfig:
     on_error: str = "fail"
     overwrite: bool = False
     pack: bool = True
+    # packed rows keep each document whole (SFT conversations): best fit within a window, never chunked
+    whole_documents: bool = False
     batch_lines: int = 512
 
     def input_dirs(self) -> List[str]:
@@ -48,7 +51,13 @@ class PrepareConfig:
     def settings(self) -> dict:
         """What determines the output (recorded in the manifest); not worker counts or output paths."""
         keep = ("max_length", "num_spliced_dataset_bins", "seed", "on_error", "pack")
-        return {k: v for k, v in asdict(self).items() if k in keep}
+        settings = {k: v for k, v in asdict(self).items() if k in keep}
+        if self.pack and self.whole_documents:  # absent otherwise: manifests of chunked packing stay as they were
+            settings["packing"] = f"whole documents, best fit decreasing per {WINDOW} documents"
+        return settings
+
+    def packs_whole(self) -> bool:
+        return self.pack and self.whole_documents
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -120,7 +129,12 @@ class _Category:
 
     def __init__(self, name, cfg: PrepareConfig, out_dir: str, pad_id: int):
         self.bins = CategoryBins(out_dir, name, cfg.num_spliced_dataset_bins, cfg.seed)
-        self.rows = Packer(cfg.max_length, pad_id) if cfg.pack else OnePerRow()
+        if not cfg.pack:
+            self.rows = OnePerRow()
+        elif cfg.whole_documents:
+            self.rows = WholePacker(cfg.max_length, pad_id)
+        else:
+            self.rows = Packer(cfg.max_length, pad_id)
 
     def add(self, ids, labels, doc_lengths=None) -> None:
         rows = self.rows.add(ids, labels, doc_lengths) if doc_lengths else self.rows.add(ids, labels)
@@ -128,9 +142,8 @@ class _Category:
             self.bins.add(row)
 
     def finish(self) -> dict:
-        last = self.rows.flush()
-        if last is not None:
-            self.bins.add(last)
+        for row in self.rows.drain():
+            self.bins.add(row)
         self.bins.seal()
         stats = self.rows.stats
         return {"rows": stats.rows, "tokens_out": stats.tokens_out, "padding": stats.padding,
@@ -195,6 +208,13 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
                     continue
                 category, ids, labels, target_tokens, dropped, *more = rest
                 extra = more[0] if more else {}
+                if cfg.packs_whole() and len(ids) > cfg.max_length:
+                    # a row cannot hold it whole, and cutting it is what whole packing exists to avoid
+                    if cfg.on_error == "fail":
+                        raise InputError(f"{name}:{line_no}: {len(ids)} tokens, longer than --max_length "
+                                         f"{cfg.max_length}; a packed document is never cut")
+                    manifest.skipped(name, TOO_LONG)
+                    continue
                 if category not in categories:
                     categories[category] = _Category(category, cfg, tmp_dir, pad_id)
                 categories[category].add(ids, labels, extra.get("doc_lengths"))
