@@ -15,7 +15,7 @@ import sys
 from dataclasses import asdict
 from typing import List, Optional
 
-from ...errors import InputError, command_name, run_cli
+from ...errors import InputError, run_cli
 from .. import output
 from ..reader import list_input_files
 from .pipeline import CleanConfig, StageFailed, clean_work, run_pipeline, stage_names
@@ -36,7 +36,7 @@ def _choices(value: str, allowed, flag: str) -> tuple:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0],
+    p = argparse.ArgumentParser(prog=f"python -m {__package__}", description=__doc__.splitlines()[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     a = p.add_argument
     a("--data_input_dirs", required=True,
