@@ -36,16 +36,17 @@ def list_input_files(input_dirs: Sequence[str]) -> List[InputFile]:
             for name in names:
                 if name.endswith(SUFFIXES):
                     path = os.path.join(root, name)
-                    by_path.setdefault(os.path.realpath(path), set()).add(
+                    by_path.setdefault(os.path.realpath(path), []).append(
                         os.path.join(input_dir, os.path.relpath(path, input_dir)))
                     found += 1
         if not found:
             raise InputError(f"{input_dir}: no {', '.join('*' + s for s in SUFFIXES)} files in this folder")
     reached_twice = sum(len(names) > 1 for names in by_path.values())
     if reached_twice:
-        example = next(sorted(n) for n in by_path.values() if len(n) > 1)
-        print(f"note: {reached_twice:,} input file{'s were' if reached_twice > 1 else ' was'} reached through more "
-              f"than one path (e.g. {example[0]} as {', '.join(example[1:])}); each is read once", file=sys.stderr)
+        names = next(n for n in by_path.values() if len(n) > 1)
+        print(f"note: {reached_twice:,} input file{'s were' if reached_twice > 1 else ' was'} reached more than once "
+              f"(e.g. {min(names)}, {len(names)} times: a folder named twice, a folder with its parent, or a link); "
+              f"each is read once", file=sys.stderr)
     # Sorted by content location, not by the order the folders were named or listed.
     return [InputFile(path, min(names)) for path, names in sorted(by_path.items())]
 

@@ -29,16 +29,18 @@ def test_each_file_once_through_prepare_pretrain(tokenizer_dir, tmp_path, capsys
     data = tmp_path / "data"
     lines = corpus(data)
     once = pretrain(tokenizer_dir, tmp_path, "once", [str(data / "zh"), str(data / "en")])
+    assert "read once" not in capsys.readouterr().err
     assert once["totals"]["documents"] == lines and len(once["files"]) == 2
     # the whole tree: the symbolic link in alias/ leads to zh/news.jsonl again
     tree = pretrain(tokenizer_dir, tmp_path, "tree", [str(data)])
-    assert "read once" in capsys.readouterr().err
+    assert "each is read once" in capsys.readouterr().err
     for n, dirs in enumerate([[str(data), str(data)], [str(data), str(data / "zh")], [str(data / "zh"), str(data)],
                               [str(data / "en"), str(data / "alias"), str(data) + "/"]]):
         again = pretrain(tokenizer_dir, tmp_path, f"again{n}", dirs)
         assert again["totals"]["documents"] == lines, dirs
         assert again["output_hash"] == tree["output_hash"] == once["output_hash"], dirs
         assert len(again["files"]) == 2, (dirs, sorted(again["files"]))
+        assert "each is read once" in capsys.readouterr().err, dirs
     assert tree["files"] == pretrain(tokenizer_dir, tmp_path, "twice", [str(data), str(data)])["files"]
 
 
