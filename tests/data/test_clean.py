@@ -207,3 +207,12 @@ def test_bad_lines_named_or_counted(tmp_path):
         clean(["--data_input_dirs", str(tmp_path / "in" / "b"), "--output_dir", str(tmp_path / "out")])
     _, kept = run(tmp_path, "out", "--on_error", "skip", "--overwrite", "--dedup", "none")
     assert len(kept) == 2
+
+
+def test_words_without_downloads():
+    assert WORDS.word_tokenize("人工智能，AI's user-defined 3.14 (x);") == \
+        ["人", "工", "智", "能", "，", "AI's", "user-defined", "3.14", "(", "x", ");"]
+    assert WORDS.sent_tokenize("第一句。第二句！Third one. Fourth\nfifth") == \
+        ["第一句。", "第二句！", "Third one.", "Fourth", "fifth"]
+    text = "你好。 再见！"
+    assert [text[a:b] for a, b in WORDS.span_tokenize(text)] == ["你好。", "再见！"]
