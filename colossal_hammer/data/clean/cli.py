@@ -123,14 +123,17 @@ def clean(argv: Optional[List[str]] = None) -> dict:
     try:
         os.makedirs(tmp_dir)
         os.makedirs(work)
+        def stop_on_bad_lines():
+            bad = reports.bad_line_examples(work)
+            if bad and args.on_error == "fail":
+                raise InputError(f"{bad[0]['id']}: {bad[0]['detail']}")
+
         try:
-            run_pipeline([(f.path, f.name) for f in files], tmp_dir, work, cfg)
+            run_pipeline([(f.path, f.name) for f in files], tmp_dir, work, cfg, stop_on_bad_lines)
         except StageFailed:
             keep_work = True
             raise
         bad = reports.bad_line_examples(work)
-        if bad and args.on_error == "fail":
-            raise InputError(f"{bad[0]['id']}: {bad[0]['detail']}")
         settings = {k: v for k, v in asdict(cfg).items() if k != "workers"}
         settings["minhash_threshold"] = round(cfg.threshold(), 4)
         try:

@@ -21,7 +21,7 @@ import os
 import shutil
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from typing import Callable, List, Optional, Tuple
 
 from ...errors import InputError
 
@@ -86,8 +86,10 @@ def _log_tail(log_path: str, lines: int = 5) -> str:
     return " | ".join(tail[-lines:])
 
 
-def run_pipeline(files: List[Tuple[str, str]], out_dir: str, work: str, cfg: CleanConfig) -> None:
-    """Run every stage; `files` are (real path, name). Removed documents land in work/removed/<stage>/."""
+def run_pipeline(files: List[Tuple[str, str]], out_dir: str, work: str, cfg: CleanConfig,
+                 after_read: Callable[[], None] = lambda: None) -> None:
+    """Run every stage; `files` are (real path, name). Removed documents land in work/removed/<stage>/.
+    `after_read` is called once every line has been read (it may stop the run before the MinHash stages)."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup import (ExactDedupConfig, ExactDedupFilter, ExactDedupSignature, ExactFindDedups,
                                           MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
@@ -135,9 +137,11 @@ def run_pipeline(files: List[Tuple[str, str]], out_dir: str, work: str, cfg: Cle
             steps.append(build(stage, builder, removed(stage), cfg.min_chars, cfg.max_chars))
     if "minhash" not in cfg.dedup:
         run("read-and-filter", steps + [RecordWriter(out_dir)], tasks)
+        after_read()
         return
     filtered = os.path.join(work, "filtered")
     run("read-and-filter", steps + [JsonlWriter(filtered, output_filename="${rank}.jsonl", compression=None)], tasks)
+    after_read()
     if not os.path.isdir(filtered) or not os.listdir(filtered):
         return  # nothing passed the filters
     # sha1: MinHash hashes its shingles as str, which xxhash 4 (datatrove's default) refuses
