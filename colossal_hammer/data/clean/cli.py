@@ -25,7 +25,7 @@ DEDUPS = ("exact", "minhash")
 FILTER_NAMES = ("length", "gopher", "c4", "fineweb")
 
 
-def _choices(value: str, allowed, flag: str) -> tuple:
+def parse_choices(value: str, allowed, flag: str) -> tuple:
     if value == "none":
         return ()
     names = tuple(v for v in value.split(",") if v)
@@ -77,8 +77,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _config(args) -> CleanConfig:
-    cfg = CleanConfig(dedup=_choices(args.dedup, DEDUPS, "--dedup"),
-                      filters=_choices(args.filters, FILTER_NAMES, "--filters"),
+    cfg = CleanConfig(dedup=parse_choices(args.dedup, DEDUPS, "--dedup"),
+                      filters=parse_choices(args.filters, FILTER_NAMES, "--filters"),
                       min_chars=args.min_chars, max_chars=args.max_chars, minhash_ngrams=args.minhash_ngrams,
                       minhash_buckets=args.minhash_buckets, minhash_hashes_per_bucket=args.minhash_hashes_per_bucket,
                       minhash_seed=args.minhash_seed, tasks=args.tasks, workers=args.workers, executor=args.executor)
@@ -108,14 +108,12 @@ def _check_output(out_dir: str, input_dirs: List[str], overwrite: bool) -> None:
                          f"{REPORT} only), so --overwrite will not delete it; remove it yourself or choose another")
 
 
-def clean(argv: Optional[List[str]] = None) -> dict:
+def clean_into(input_dirs: List[str], out_dir: str, cfg: CleanConfig, on_error: str = "fail",
+               overwrite: bool = False) -> dict:
+    """Clean `input_dirs` into `out_dir` (checked, built aside and swapped in whole); returns the report."""
     from . import report as reports
 
-    args = build_parser().parse_args(argv)
-    cfg = _config(args)
-    input_dirs = [d for d in args.data_input_dirs.split(",") if d]
-    out_dir = args.output_dir.rstrip("/")
-    _check_output(out_dir, input_dirs, args.overwrite)
+    _check_output(out_dir, input_dirs, overwrite)
     files = list_input_files(input_dirs)
     tmp_dir = f"{out_dir}.tmp-{os.getpid()}"
     work = f"{out_dir}.work-{os.getpid()}"
@@ -123,9 +121,10 @@ def clean(argv: Optional[List[str]] = None) -> dict:
     try:
         os.makedirs(tmp_dir)
         os.makedirs(work)
+
         def stop_on_bad_lines():
             bad = reports.bad_line_examples(work)
-            if bad and args.on_error == "fail":
+            if bad and on_error == "fail":
                 raise InputError(f"{bad[0]['id']}: {bad[0]['detail']}")
 
         try:
@@ -154,6 +153,13 @@ def clean(argv: Optional[List[str]] = None) -> dict:
     print(f"clean: {totals['documents_in']:,} documents in, {totals['documents_out']:,} out ({steps}; "
           f"{totals['bad_lines']:,} bad lines) -> {out_dir}", file=sys.stderr)
     return result
+
+
+def clean(argv: Optional[List[str]] = None) -> dict:
+    args = build_parser().parse_args(argv)
+    cfg = _config(args)
+    input_dirs = [d for d in args.data_input_dirs.split(",") if d]
+    return clean_into(input_dirs, args.output_dir.rstrip("/"), cfg, args.on_error, args.overwrite)
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
