@@ -80,7 +80,8 @@ def planted_corpus(tmp_path, seed=0):
             near_copies += 1
     records = [(k, r) for k, g in enumerate(groups) for r in g]
     rng.shuffle(records)
-    paths = [tmp_path / "in" / "a" / "one.jsonl", tmp_path / "in" / "a" / "two.jsonl.gz", tmp_path / "in" / "b" / "three.jsonl"]
+    paths = [tmp_path / "in" / "a" / "one.jsonl", tmp_path / "in" / "a" / "two.jsonl.gz",
+             tmp_path / "in" / "b" / "three.jsonl"]
     for p in paths:
         p.parent.mkdir(parents=True, exist_ok=True)
     handles = [open(paths[0], "w", encoding="utf-8"), gzip.open(paths[1], "wt", encoding="utf-8"),

@@ -13,7 +13,8 @@ from tests.conftest import write_jsonl
 def corpus(root):
     news = corpora.chinese_news()
     write_jsonl(root / "zh" / "news.jsonl", [{"target": s, "category": c} for c in sorted(news) for s in news[c][:8]])
-    write_jsonl(root / "en" / "docs.jsonl", [{"target": p, "category": "en"} for p in corpora.english_paragraphs()[:30]])
+    english = corpora.english_paragraphs()[:30]
+    write_jsonl(root / "en" / "docs.jsonl", [{"target": p, "category": "en"} for p in english])
     (root / "alias").mkdir()
     os.symlink(root / "zh" / "news.jsonl", root / "alias" / "same_news.jsonl")
     return 8 * len(news) + 30

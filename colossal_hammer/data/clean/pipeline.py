@@ -124,7 +124,8 @@ def run_pipeline(files: List[Tuple[str, str]], out_dir: str, work: str, cfg: Cle
     reader = lambda bad=None: RecordReader(files, bad, os.path.join(work, "counts"))  # noqa: E731
     exact = ExactDedupConfig(content_getter=normalized_text)
     if "exact" in cfg.dedup:
-        run("exact-signatures", [reader(), ExactDedupSignature(os.path.join(work, "exact", "sigs"), config=exact)], tasks)
+        run("exact-signatures", [reader(), ExactDedupSignature(os.path.join(work, "exact", "sigs"), config=exact)],
+            tasks)
         run("exact-duplicates", [ExactFindDedups(os.path.join(work, "exact", "sigs"),
                                                  os.path.join(work, "exact", "dups"), config=exact)], 1)
 
