@@ -43,6 +43,13 @@ INSTALL_REQUIRES = [
     # colossal_hammer.serve (python -m colossal_hammer.serve): the OpenAI-compatible server and chat page
     "fastapi==0.165.0",
     "uvicorn==0.54.0",
+    # python -m colossal_hammer.data.clean: datatrove 0.10.x needs huggingface_hub>=1.6 (transformers 4.51.3 needs
+    # <1.0); 0.9.0 installs beside our pins with only humanize and loguru new (pip install --dry-run). orjson: its
+    # jsonl writer; regex, xxhash: its text and hashing helpers (already here through transformers and datasets)
+    "datatrove==0.9.0",
+    "orjson==3.13.0",
+    "regex==2026.12.2",
+    "xxhash==4.1.0",
 ]
 
 setup(

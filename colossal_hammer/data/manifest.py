@@ -2,7 +2,8 @@
 no timings, no absolute paths, no worker counts, sorted keys.
 
 Keys:
-- `kind` ("pretrain" | "sft" | "preference"), `settings` (everything that determines the output, `pad_id` included).
+- `kind` ("pretrain" | "sft" | "preference"), `settings` (everything that determines the output, `pad_id` included;
+  `packing` when SFT rows are packed whole, whole_packing.py).
 - `chat_template` (SFT only): the exact jinja template the conversations were rendered with, the
   tokenizer's own or the built-in Llama-2/Llama-3 one. Training copies it into the checkpoint's
   tokenizer, so inference formats prompts as the model was taught.

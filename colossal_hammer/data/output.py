@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import sys
-from typing import Dict, Optional
+from typing import Callable, Dict, Optional
 
 from ..errors import InputError
 from .bins import BIN_FILES, is_bin_dirname
@@ -33,7 +33,7 @@ def _inside(path: str, folder: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
-def check_apart(out_dir: str, inputs: Dict[str, str]) -> None:
+def check_apart(out_dir: str, inputs: Dict[str, str], flag: str = FLAG) -> None:
     """Refuse an output that is, contains, or is inside any of `inputs` ({folder: what it is})."""
     out_real = os.path.realpath(out_dir)
     for folder, what in inputs.items():
@@ -46,7 +46,7 @@ def check_apart(out_dir: str, inputs: Dict[str, str]) -> None:
             relation = f"is inside the {what} {folder}"
         else:
             continue
-        raise InputError(f"{FLAG}: {out_dir} {relation}; choose an output folder outside every input folder "
+        raise InputError(f"{flag}: {out_dir} {relation}; choose an output folder outside every input folder "
                          f"and the tokenizer folder")
 
 
@@ -157,15 +157,17 @@ def write_failure(e: OSError, tmp_dir: str, out_dir: str) -> Optional[InputError
                       f"then run again ({out_dir} was not changed)")
 
 
-def replace(tmp_dir: str, out_dir: str) -> None:
-    """Move the finished `tmp_dir` to `out_dir`; an existing `out_dir` (checked again: it may have changed
-    since the start) is moved aside first and deleted last, so a crash leaves one of the two whole."""
+def replace(tmp_dir: str, out_dir: str, flag: str = FLAG,
+            foreign_of: Callable[[str], Optional[str]] = None) -> None:
+    """Move the finished `tmp_dir` to `out_dir`; an existing `out_dir` (checked again with `foreign_of`, by
+    default foreign_content: it may have changed since the start) is moved aside first and deleted last, so a
+    crash leaves one of the two whole."""
     old = None
     if os.path.lexists(out_dir):
         foreign = None if os.path.isdir(out_dir) and not os.path.islink(out_dir) else "is no longer a folder"
-        foreign = foreign or foreign_content(out_dir)
+        foreign = foreign or (foreign_of or foreign_content)(out_dir)
         if foreign:
-            raise InputError(f"{FLAG}: {out_dir} {foreign} (it changed during the run); remove it yourself or "
+            raise InputError(f"{flag}: {out_dir} {foreign} (it changed during the run); remove it yourself or "
                              f"choose another path")
         old = f"{tmp_dir}.old"
         os.rename(out_dir, old)

@@ -87,6 +87,12 @@ class Packer:
         self._labels.extend([IGNORE_INDEX] * padding)
         return self._emit(padding=padding)
 
+    def drain(self) -> Iterator[PackedRow]:
+        """What flush() returns, as the stream's remaining rows (the interface WholePacker shares)."""
+        last = self.flush()
+        if last is not None:
+            yield last
+
     def _emit(self, padding: int) -> PackedRow:
         row = PackedRow(self._ids, self._labels, self._docs, padding)
         self.stats.rows += 1
@@ -119,3 +125,6 @@ class OnePerRow:
 
     def flush(self) -> Optional[PackedRow]:
         return None
+
+    def drain(self) -> Iterator[PackedRow]:
+        return iter(())

@@ -19,13 +19,14 @@ from collections import Counter, deque
 from dataclasses import asdict, dataclass
 from typing import Callable, Dict, Iterator, List, Tuple
 
-from . import output
+from . import clean_first, output
 from .bins import CategoryBins, content_hash
 from .manifest import MANIFEST, Manifest
 from .packing import OnePerRow, Packer
+from .whole_packing import WINDOW, WholePacker
 from ..errors import InputError
 from .reader import iter_lines, list_input_files
-from .records import ALWAYS_SKIPPED
+from .records import ALWAYS_SKIPPED, TOO_LONG
 
 
 @dataclass
@@ -40,6 +41,10 @@ class PrepareConfig:
     on_error: str = "fail"
     overwrite: bool = False
     pack: bool = True
+    # packed rows keep each document whole (SFT conversations): best fit within a window, never chunked
+    whole_documents: bool = False
+    clean_dedup: str = "none"  # python -m colossal_hammer.data.clean run on the inputs first (clean_first.py)
+    clean_filters: str = "none"
     batch_lines: int = 512
 
     def input_dirs(self) -> List[str]:
@@ -48,7 +53,15 @@ class PrepareConfig:
     def settings(self) -> dict:
         """What determines the output (recorded in the manifest); not worker counts or output paths."""
         keep = ("max_length", "num_spliced_dataset_bins", "seed", "on_error", "pack")
-        return {k: v for k, v in asdict(self).items() if k in keep}
+        settings = {k: v for k, v in asdict(self).items() if k in keep}
+        if self.pack and self.whole_documents:  # absent otherwise: manifests of chunked packing stay as they were
+            settings["packing"] = f"whole documents, best fit decreasing per {WINDOW} documents"
+        if self.clean_dedup != "none" or self.clean_filters != "none":  # absent otherwise, as above
+            settings.update(clean_dedup=self.clean_dedup, clean_filters=self.clean_filters)
+        return settings
+
+    def packs_whole(self) -> bool:
+        return self.pack and self.whole_documents
 
 
 def build_parser(description: str) -> argparse.ArgumentParser:
@@ -69,6 +82,10 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     a("--overwrite", action="store_true",
       help="Replace an existing output folder, once the new one is complete; only a folder an earlier run of "
            "prepare_*_dataset.py wrote (its manifest.json and bins, nothing else) is ever deleted.")
+    a("--clean_dedup", default="none",
+      help="Clean the inputs first with python -m colossal_hammer.data.clean (its defaults, --num_workers "
+           "workers): none, or its --dedup (exact,minhash); its report goes into the manifest as `clean`.")
+    a("--clean_filters", default="none", help="With the above: none, or clean's --filters (length,gopher,c4,fineweb).")
     return parser
 
 
@@ -120,7 +137,12 @@ class _Category:
 
     def __init__(self, name, cfg: PrepareConfig, out_dir: str, pad_id: int):
         self.bins = CategoryBins(out_dir, name, cfg.num_spliced_dataset_bins, cfg.seed)
-        self.rows = Packer(cfg.max_length, pad_id) if cfg.pack else OnePerRow()
+        if not cfg.pack:
+            self.rows = OnePerRow()
+        elif cfg.whole_documents:
+            self.rows = WholePacker(cfg.max_length, pad_id)
+        else:
+            self.rows = Packer(cfg.max_length, pad_id)
 
     def add(self, ids, labels, doc_lengths=None) -> None:
         rows = self.rows.add(ids, labels, doc_lengths) if doc_lengths else self.rows.add(ids, labels)
@@ -128,9 +150,8 @@ class _Category:
             self.bins.add(row)
 
     def finish(self) -> dict:
-        last = self.rows.flush()
-        if last is not None:
-            self.bins.add(last)
+        for row in self.rows.drain():
+            self.bins.add(row)
         self.bins.seal()
         stats = self.rows.stats
         return {"rows": stats.rows, "tokens_out": stats.tokens_out, "padding": stats.padding,
@@ -165,8 +186,12 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
     if cfg.num_spliced_dataset_bins < 1:
         raise InputError("--num_spliced_dataset_bins must be >= 1")
     out_dir = _check_output(cfg)
+    cleaning = clean_first.plan(cfg.clean_dedup, cfg.clean_filters, cfg.num_workers, cfg.on_error)
     files = list_input_files(cfg.input_dirs())
     pad_id, extra = describe()
+    if cleaning:
+        files, report = clean_first.run(cleaning, cfg.input_dirs(), out_dir)
+        extra = {**extra, "clean": report}
 
     import datasets
     from tqdm import tqdm
@@ -195,6 +220,13 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
                     continue
                 category, ids, labels, target_tokens, dropped, *more = rest
                 extra = more[0] if more else {}
+                if cfg.packs_whole() and len(ids) > cfg.max_length:
+                    # a row cannot hold it whole, and cutting it is what whole packing exists to avoid
+                    if cfg.on_error == "fail":
+                        raise InputError(f"{name}:{line_no}: {len(ids)} tokens, longer than --max_length "
+                                         f"{cfg.max_length}; a packed document is never cut")
+                    manifest.skipped(name, TOO_LONG)
+                    continue
                 if category not in categories:
                     categories[category] = _Category(category, cfg, tmp_dir, pad_id)
                 categories[category].add(ids, labels, extra.get("doc_lengths"))
@@ -218,9 +250,11 @@ def run_prepare(cfg: PrepareConfig, kind: str, worker_factory: Callable,
             digests.update(categories[name].bins.digests)
         data = manifest.write(os.path.join(tmp_dir, MANIFEST), content_hash(digests))
         output.replace(tmp_dir, out_dir)
+        clean_first.remove(out_dir)
     except BaseException as e:
         bar.close()
         shutil.rmtree(tmp_dir, ignore_errors=True)
+        clean_first.remove(out_dir)
         failure = output.write_failure(e, tmp_dir, out_dir) if isinstance(e, OSError) else None
         if failure is not None:
             raise failure from None

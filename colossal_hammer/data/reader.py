@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import io
 import os
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Iterator, List, Sequence, Tuple
@@ -16,27 +17,38 @@ SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst")
 
 @dataclass(frozen=True)
 class InputFile:
-    path: str  # absolute, for opening
+    path: str  # real path (symbolic links resolved), for opening and as the file's identity
     name: str  # as recorded in the manifest: "<input dir as given>/<path relative to it>"
 
 
 def list_input_files(input_dirs: Sequence[str]) -> List[InputFile]:
-    """Every *.jsonl[.gz|.zst] under the given folders, in a fixed order (never os.listdir's)."""
-    files = []
+    """Every *.jsonl[.gz|.zst] under the given folders, each once, in a fixed order (never os.listdir's).
+
+    A file is identified by its real path, so one reached twice (a folder named twice, a folder and its
+    parent, a symbolic link) is read once; its name is the smallest of the names that reached it, so the
+    manifest does not depend on the order the folders were named in. A note line says what was merged."""
+    by_path = {}
     for input_dir in input_dirs:
         if not os.path.isdir(input_dir):
             raise InputError(f"{input_dir}: input folder does not exist")
-        found = []
+        found = 0
         for root, _, names in os.walk(input_dir):
             for name in names:
                 if name.endswith(SUFFIXES):
                     path = os.path.join(root, name)
-                    found.append(InputFile(os.path.abspath(path), os.path.join(input_dir, os.path.relpath(path, input_dir))))
+                    by_path.setdefault(os.path.realpath(path), []).append(
+                        os.path.join(input_dir, os.path.relpath(path, input_dir)))
+                    found += 1
         if not found:
             raise InputError(f"{input_dir}: no {', '.join('*' + s for s in SUFFIXES)} files in this folder")
-        files.extend(found)
+    reached_twice = sum(len(names) > 1 for names in by_path.values())
+    if reached_twice:
+        names = next(n for n in by_path.values() if len(n) > 1)
+        print(f"note: {reached_twice:,} input file{'s were' if reached_twice > 1 else ' was'} reached more than once "
+              f"(e.g. {min(names)}, {len(names)} times: a folder named twice, a folder with its parent, or a link); "
+              f"each is read once", file=sys.stderr)
     # Sorted by content location, not by the order the folders were named or listed.
-    return sorted(files, key=lambda f: f.path)
+    return [InputFile(path, min(names)) for path, names in sorted(by_path.items())]
 
 
 def read_documents(path: str, fields: Sequence[str] = ("text", "target"),

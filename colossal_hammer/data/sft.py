@@ -28,6 +28,7 @@ from .prepare import PrepareConfig, run_prepare
 from .records import (BAD_MESSAGES, DROPPED_BY_TEMPLATE, EMPTY_REPLY, EMPTY_TEXT, NO_REPLY, TOO_LONG, RecordProblem,
                       category_field, load_object, string_field)
 from .tokenize import PartTokenizer, load_tokenizer, pad_id
+from .whole_packing import WINDOW
 
 LLAMA2_TEMPLATE = (
     "{% if messages[0]['role'] == 'system' %}{% set loop_messages = messages[1:] %}"
@@ -213,14 +214,18 @@ def build_parser() -> argparse.ArgumentParser:
                                   "(loss on assistant turns).")
     parser.add_argument("--llama_version", type=int, choices=(2, 3), default=2,
                         help="Built-in chat template when the tokenizer has none.")
-    parser.add_argument("--pack", action="store_true", help="Pack several conversations per row (boundaries kept).")
+    parser.add_argument("--pack", action="store_true",
+                        help="Pack several whole conversations per row of exactly --max_length tokens: a conversation "
+                             "never spans two rows (one that does not fit a row's room goes to another row; best fit "
+                             f"decreasing per {WINDOW} conversations, as TRL's bfd), positions restart at each, and the "
+                             "rest of a row is padding without loss. Without it: one conversation per row, unpadded.")
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> dict:
     args = vars(build_parser().parse_args(argv))
     llama_version = args.pop("llama_version")
-    cfg = PrepareConfig(**args)
+    cfg = PrepareConfig(**args, whole_documents=True)
     result = {}
 
     def body():
