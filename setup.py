@@ -50,7 +50,7 @@ setup(
     version="0.1.0",
     description="Continual pretraining and SFT of Llama-family models on Colossal-AI's Booster plugins",
     packages=find_packages(include=["colossal_hammer", "colossal_hammer.*"]),
-    package_data={"colossal_hammer.serve": ["static/*.html"]},  # the chat page ships inside the package
+    package_data={"colossal_hammer.serve": ["static/*.html", "static/*.svg"]},  # the chat page ships inside the package
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={

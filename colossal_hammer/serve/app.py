@@ -159,6 +159,12 @@ def build_app(served: Served) -> FastAPI:
     async def page():
         return resources.files(__package__).joinpath("static/chat.html").read_text(encoding="utf-8")
 
+    @app.get("/favicon.svg")
+    @app.get("/favicon.ico")  # browsers ask for this one whatever the page links; an SVG answers it as well
+    async def favicon():
+        svg = resources.files(__package__).joinpath("static/favicon.svg").read_bytes()
+        return Response(svg, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
     def check_ids(ids, param: str) -> None:
         bad = [t for t in ids if not 0 <= t < len(tokenizer)]
         if bad:
