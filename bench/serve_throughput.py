@@ -4,7 +4,7 @@ One run, one model, the same chat prompts and 1 thread everywhere; every request
 --max_tokens greedy tokens (min_tokens / min_new_tokens, so an early EOS changes no count):
   generate  transformers' model.generate on the whole batch (left-padded), in this process
   engine    colossal_hammer's engine in this process, all requests submitted at once
-  server    python -m colossal_hammer.serve in its own process, clients streaming over HTTP from threads
+  server    python -m colossal_hammer.serve in its own process, clients streaming over HTTP (one asyncio client)
 Prints generated tokens/s at concurrency 1 and 16, the ratios engine/generate and server/generate
 (the HTTP/SSE path is server against engine), and the median time to first token (generate's is its
 prefill: a generate call with one new token). Without --model, a random Llama of colossal_hammer's
@@ -13,6 +13,7 @@ Usage: python bench/serve_throughput.py [--model DIR] [--max_tokens 64] [--round
 """
 
 import argparse
+import asyncio
 import json
 import os
 import socket
@@ -98,12 +99,12 @@ def bench_engine(engine, prompt_ids, max_tokens: int):
     return sum(counts.values()), time.perf_counter() - start, list(firsts.values())
 
 
-def one_request(url: str, prompt: str, max_tokens: int, out: list) -> None:
+async def one_request(client, url: str, prompt: str, max_tokens: int):
     body = {"messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens, "min_tokens": max_tokens,
             "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
     start, first, tokens = time.perf_counter(), None, 0
-    with httpx.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
-        for line in r.iter_lines():
+    async with client.stream("POST", f"{url}/v1/chat/completions", json=body, timeout=600) as r:
+        async for line in r.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             event = json.loads(line[6:])
@@ -111,17 +112,20 @@ def one_request(url: str, prompt: str, max_tokens: int, out: list) -> None:
                 first = time.perf_counter() - start
             if event.get("usage"):
                 tokens = event["usage"]["completion_tokens"]
-    out.append((first if first is not None else float("nan"), tokens))
+    return first if first is not None else float("nan"), tokens
 
 
 def bench_server(url: str, prompts, max_tokens: int):
-    results, start = [], time.perf_counter()
-    threads = [threading.Thread(target=one_request, args=(url, p, max_tokens, results)) for p in prompts]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(n for _, n in results), time.perf_counter() - start, [t for t, _ in results]
+    """All requests at once from one asyncio client with pooled connections: threads with a connection each
+    cost the client more CPU than the server spends (on a 2-core machine they share), hiding the server."""
+    async def run():
+        async with httpx.AsyncClient(limits=httpx.Limits(max_connections=64)) as client:
+            start = time.perf_counter()
+            results = await asyncio.gather(*[one_request(client, url, p, max_tokens) for p in prompts])
+            return results, time.perf_counter() - start
+
+    results, seconds = asyncio.run(run())
+    return sum(n for _, n in results), seconds, [t for t, _ in results]
 
 
 def start_server(model: str, env: dict):
@@ -165,32 +169,29 @@ def main() -> None:
                for c in CONCURRENCY for r in range(args.rounds)}
         print(f"model: {model_dir if args.model else 'random small Llama (hidden 256, 4 layers)'}; "
               f"{args.max_tokens} greedy tokens per request, {args.rounds} rounds, OMP_NUM_THREADS={threads}")
-        rates = {}
-
-        def measure(name, run):
-            for c in CONCURRENCY:
-                total, seconds, ttft = 0, 0.0, []
-                for r in range(args.rounds):
-                    n, s, t = run(c, r)
-                    total, seconds, ttft = total + n, seconds + s, ttft + t
-                rates[name, c] = report(name, c, total, seconds, ttft)
-
-        bench_generate(model, tokenizer, ids[1, 0], 4)  # warm-up
-        measure("generate", lambda c, r: bench_generate(model, tokenizer, ids[c, r], args.max_tokens))
+        bench_generate(model, tokenizer, ids[1, 0], 4)  # warm-ups
         engine = Engine(model, tokenizer, loading.eos_ids(model, tokenizer), max(CONCURRENCY)).start()
-        try:
-            bench_engine(engine, ids[1, 0], 4)
-            measure("engine", lambda c, r: bench_engine(engine, ids[c, r], args.max_tokens))
-        finally:
-            engine.stop()
         env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": threads}
         server, url = start_server(model_dir, env)
+        runs = {"generate": lambda c, r: bench_generate(model, tokenizer, ids[c, r], args.max_tokens),
+                "engine": lambda c, r: bench_engine(engine, ids[c, r], args.max_tokens),
+                "server": lambda c, r: bench_server(url, questions(c, r), args.max_tokens)}
+        totals = {(name, c): [0, 0.0, []] for name in runs for c in CONCURRENCY}
         try:
+            bench_engine(engine, ids[1, 0], 4)
             bench_server(url, questions(1, 0), 4)
-            measure("server", lambda c, r: bench_server(url, questions(c, r), args.max_tokens))
+            # interleaved round by round: on a machine others share, load changes by the minute
+            for c in CONCURRENCY:
+                for r in range(args.rounds):
+                    for name, run in runs.items():
+                        n, s, t = run(c, r)
+                        total = totals[name, c]
+                        total[0], total[1], total[2] = total[0] + n, total[1] + s, total[2] + t
         finally:
+            engine.stop()
             server.terminate()
             server.wait(timeout=30)
+        rates = {key: report(key[0], key[1], *total) for key, total in totals.items()}
         for c in CONCURRENCY:
             print(f"concurrency {c:2d}: engine/generate {rates['engine', c] / rates['generate', c]:.2f}x, "
                   f"server/generate {rates['server', c] / rates['generate', c]:.2f}x, "

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import hmac
 import json
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -59,18 +60,40 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(parts)
 
 
+class Mailbox:
+    """Chunks from the engine thread to the event loop's queues, with one wake-up of the loop for all that
+    arrived since the last: a decode step hands every row its token at once, and a wake-up per row (a
+    write to the loop's self-pipe, a GIL hand-over) is work the engine thread and the loop fight over."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.items, self.lock, self.scheduled = loop, [], threading.Lock(), False
+
+    def put(self, queue: "asyncio.Queue[Chunk]", chunk: Chunk) -> None:
+        with self.lock:
+            self.items.append((queue, chunk))
+            if self.scheduled:
+                return
+            self.scheduled = True
+        self.loop.call_soon_threadsafe(self._deliver)  # RuntimeError once the loop is gone
+
+    def _deliver(self) -> None:
+        with self.lock:
+            items, self.items, self.scheduled = self.items, [], False
+        for queue, chunk in items:
+            queue.put_nowait(chunk)
+
+
 class Generation:
     """One engine request (n choices) seen from the event loop: chunks arrive on an asyncio queue."""
 
-    def __init__(self, engine: Engine, prompt_ids, params: SamplingParams, n: int = 1):
-        loop = asyncio.get_running_loop()
+    def __init__(self, engine: Engine, mailbox: Mailbox, prompt_ids, params: SamplingParams, n: int = 1):
         self.queue: "asyncio.Queue[Chunk]" = asyncio.Queue()
         self.prompt_tokens = len(prompt_ids)
         self.n = n
 
         def sink(chunk: Chunk) -> None:
             try:
-                loop.call_soon_threadsafe(self.queue.put_nowait, chunk)
+                mailbox.put(self.queue, chunk)
             except RuntimeError:  # the loop is gone (shutdown): nobody listens any more
                 self.cancel()
 
@@ -82,14 +105,23 @@ class Generation:
 
     async def chunks(self, request: Request) -> AsyncIterator[Chunk]:
         """The chunks until every choice's finishing one; a client that disconnects cancels the request."""
-        finished = 0
+        finished, held = 0, []
         try:
             checked = time.monotonic()
             while True:
-                try:
-                    chunk = await asyncio.wait_for(self.queue.get(), timeout=DISCONNECT_POLL_S)
+                try:  # no timer when a chunk is waiting already
+                    chunk = held.pop() if held else self.queue.get_nowait() if not self.queue.empty() else \
+                        await asyncio.wait_for(self.queue.get(), timeout=DISCONNECT_POLL_S)
                 except asyncio.TimeoutError:
                     chunk = None
+                # a client that reads slower than the engine decodes gets what piled up as one chunk: fewer
+                # events to write when the server is busiest
+                while chunk is not None and not chunk.finish_reason and not held and not self.queue.empty():
+                    after = self.queue.get_nowait()
+                    if after.index == chunk.index and not after.error:
+                        chunk = chunk.then(after)
+                    else:
+                        held.append(after)
                 # checked by the clock, not only when no chunk came: a non-streaming client hears nothing
                 # until the end, and chunks that keep coming must not hide that it left
                 if time.monotonic() - checked >= DISCONNECT_POLL_S:
@@ -253,9 +285,13 @@ def build_app(served: Served) -> FastAPI:
                     "finish_reason": finish}
 
     pieces = Pieces(tokenizer)
+    mailboxes: dict = {}  # the running loop's Mailbox (made in it: an app may be served by more than one loop)
 
     async def respond(request: Request, ids, options: protocol.Common, params: SamplingParams, shape):
-        generation = Generation(engine, ids, params, options.n)
+        if mailboxes.get("loop") is not asyncio.get_running_loop():
+            mailboxes["loop"] = asyncio.get_running_loop()
+            mailboxes["box"] = Mailbox(mailboxes["loop"])
+        generation = Generation(engine, mailboxes["box"], ids, params, options.n)
         head = {"id": f"{shape.name}-{uuid.uuid4().hex}", "object": shape.object, "created": int(time.time()),
                 "model": served.model_name}
         if options.stream:

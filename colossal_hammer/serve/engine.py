@@ -34,6 +34,12 @@ class Chunk:
     offsets: List[int] = field(default_factory=list)  # each of those tokens' first character in the reply
     prompt_logprobs: Optional[List[Optional[Logprob]]] = None  # echo: on the first chunk only
 
+    def then(self, later: "Chunk") -> "Chunk":
+        """This chunk and the next of the same choice as one."""
+        return Chunk(self.text + later.text, later.finish_reason, later.completion_tokens, later.error, self.index,
+                     self.logprobs + later.logprobs, self.offsets + later.offsets,
+                     self.prompt_logprobs if self.prompt_logprobs is not None else later.prompt_logprobs)
+
 
 class Request:
     def __init__(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Callable[[Chunk], None],
