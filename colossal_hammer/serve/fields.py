@@ -38,10 +38,10 @@ SHARED: Dict[str, Field] = {
     "stream_options": _h("include_usage: a last event with the usage counts"),
     "temperature": _h("0: greedy"),
     "top_p": _h("nucleus sampling, per row"),
-    "max_tokens": _h("at most the context the prompt leaves; 0 with echo: the prompt alone"),
+    "max_tokens": _h("at most the context the prompt leaves"),
     "stop": _h("up to 16 strings, never shown in the reply"),
     "seed": _h("a seeded generator per choice (choice i of n uses seed + i)"),
-    "n": _h("n choices sampled from one prefill of the prompt"),
+    "n": _h("1..16 choices sampled from one prefill of the prompt"),
     "frequency_penalty": _h("minus penalty x count of the token in the reply so far, per row"),
     "presence_penalty": _h("minus penalty once the token is in the reply, per row"),
     "logit_bias": _h("token id -> bias in [-100, 100], added to the logits"),
@@ -87,8 +87,9 @@ COMPLETIONS: Dict[str, Field] = {
     **SHARED,
     "prompt": _h("a string, a list of token ids, or a list holding one of those"),
     "logprobs": _h("choices[].logprobs (tokens, token_logprobs, top_logprobs, text_offset) with this many "
-                   "alternatives (0..5; 0: the chosen token's only)"),
+                   "alternatives (0..20; 0: the chosen token's only)"),
     "echo": _h("the prompt before the reply, with its tokens' logprobs when logprobs is set (the first is null)"),
+    "max_tokens": _h("at most the context the prompt leaves; 0 with echo: the prompt's logprobs alone"),
     "best_of": _r("only 1: no server-side ranking of choices", 1),
     "suffix": _r("no insertion (fill-in-the-middle)", ""),
 }

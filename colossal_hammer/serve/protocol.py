@@ -114,7 +114,7 @@ def boolean(body: dict, name: str) -> bool:
 
 
 def _asks_nothing(value, allowed) -> bool:
-    # by type as well as value: 0 == False, and logprobs=0 asks for something where logprobs=false does not
+    # by type as well as value: 0 == False, so a 0 passed where only false asks for nothing (logprobs=0 did)
     return any(value is a or (type(value) is type(a) and value == a) for a in allowed)
 
 
