@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from importlib import resources
-from typing import AsyncIterator, Optional
+from typing import AsyncIterator, List, Optional
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
@@ -84,12 +84,13 @@ class Mailbox:
 
 
 class Generation:
-    """One engine request (n choices) seen from the event loop: chunks arrive on an asyncio queue."""
+    """One API request seen from the event loop: n choices of each prompt (choice k * n + i is prompt k's i-th),
+    whose chunks arrive on an asyncio queue."""
 
-    def __init__(self, engine: Engine, mailbox: Mailbox, prompt_ids, params: SamplingParams, n: int = 1):
+    def __init__(self, engine: Engine, mailbox: Mailbox, prompts, params: List[SamplingParams], n: int = 1):
         self.queue: "asyncio.Queue[Chunk]" = asyncio.Queue()
-        self.prompt_tokens = len(prompt_ids)
-        self.n = n
+        self.prompt_tokens = sum(len(p) for p in prompts)
+        self.n = n * len(prompts)
 
         def sink(chunk: Chunk) -> None:
             try:
@@ -97,7 +98,8 @@ class Generation:
             except RuntimeError:  # the loop is gone (shutdown): nobody listens any more
                 self.cancel()
 
-        self.requests = engine.submit_choices(prompt_ids, params, sink, n)
+        self.requests = [r for k, (p, each) in enumerate(zip(prompts, params))
+                         for r in engine.submit_choices(p, each, sink, n, first_index=k * n)]
 
     def cancel(self) -> None:
         for r in self.requests:
@@ -223,7 +225,7 @@ def build_app(served: Served) -> FastAPI:
         except Exception as e:  # noqa: BLE001 - a template's raise_exception() is a request mistake
             raise RequestError(f"the chat template refused the messages: {e}", "messages") from None
         max_tokens = protocol.check_context(len(ids), options.max_tokens, served.context, "messages")
-        return await respond(request, ids, options, sampling(options, max_tokens, logprobs=logprobs),
+        return await respond(request, [ids], options, [sampling(options, max_tokens, logprobs=logprobs)],
                              Chat(logprobs is not None))
 
     @app.post("/v1/completions")
@@ -232,18 +234,19 @@ def build_app(served: Served) -> FastAPI:
         options = protocol.common(body, served.model_name, fields.COMPLETIONS)
         logprobs = protocol.completion_logprobs(body)
         echo = protocol.boolean(body, "echo")
-        prompt = protocol.prompt(body)
-        if isinstance(prompt, str):
-            ids = completion_prompt_ids(tokenizer, prompt)
-        else:
-            check_ids(prompt, "prompt")
-            ids = prompt
-        max_tokens = protocol.check_context(len(ids), options.max_tokens, served.context, "prompt")
-        params = sampling(options, max_tokens, logprobs=logprobs,
-                          prompt_logprobs=logprobs if echo and logprobs is not None else None)
-        shape = Completion(ids, logprobs is not None, echo,
-                           prompt if isinstance(prompt, str) else tokenizer.decode(ids, skip_special_tokens=True))
-        return await respond(request, ids, options, params, shape)
+        prompts, texts, params = protocol.prompts(body), [], []
+        for k, prompt in enumerate(prompts):
+            if isinstance(prompt, str):
+                texts.append(prompt)
+                prompts[k] = completion_prompt_ids(tokenizer, prompt)
+            else:
+                check_ids(prompt, "prompt")
+                texts.append(tokenizer.decode(prompt, skip_special_tokens=True))
+            max_tokens = protocol.check_context(len(prompts[k]), options.max_tokens, served.context, "prompt")
+            params.append(sampling(options, max_tokens, logprobs=logprobs,
+                                   prompt_logprobs=logprobs if echo and logprobs is not None else None))
+        shape = Completion(prompts, texts, options.n, logprobs is not None, echo)
+        return await respond(request, prompts, options, params, shape)
 
     class Chat:
         """Chat's choice shape: a message (or deltas), logprobs.content."""
@@ -266,38 +269,39 @@ def build_app(served: Served) -> FastAPI:
         """Completions' choice shape: text (after the prompt with echo), the four logprob lists."""
         name, object = "cmpl", "text_completion"
 
-        def __init__(self, prompt_ids, logprobs: bool, echo: bool, prompt_text: str):
-            self.prompt_ids, self.logprobs, self.echo, self.prompt_text = prompt_ids, logprobs, echo, prompt_text
+        def __init__(self, prompts, texts, n: int, logprobs: bool, echo: bool):
+            self.prompts, self.texts, self.n, self.logprobs, self.echo = prompts, texts, n, logprobs, echo
 
         def choice(self, index: int, text: str, chunks, finish: Optional[str], first: bool = False,
                    stream: bool = False) -> dict:
+            prompt_ids, prompt_text = self.prompts[index // self.n], self.texts[index // self.n]
             echoed = self.echo and first
-            shift = len(self.prompt_text) if self.echo else 0
+            shift = len(prompt_text) if self.echo else 0
             logprobs = None
             if self.logprobs:
                 entries = [e for c in chunks for e in c.logprobs]
                 offsets = [o + shift for c in chunks for o in c.offsets]
                 prompt = next((c.prompt_logprobs for c in chunks if c.prompt_logprobs is not None), None)
                 if echoed and prompt is not None:
-                    entries, offsets = prompt + entries, pieces.prompt_offsets(self.prompt_ids) + offsets
-                logprobs = pieces.completion(entries, offsets, self.prompt_ids)
-            return {"index": index, "text": (self.prompt_text if echoed else "") + text, "logprobs": logprobs,
+                    entries, offsets = prompt + entries, pieces.prompt_offsets(prompt_ids) + offsets
+                logprobs = pieces.completion(entries, offsets, prompt_ids)
+            return {"index": index, "text": (prompt_text if echoed else "") + text, "logprobs": logprobs,
                     "finish_reason": finish}
 
     pieces = Pieces(tokenizer)
     mailboxes: dict = {}  # the running loop's Mailbox (made in it: an app may be served by more than one loop)
 
-    async def respond(request: Request, ids, options: protocol.Common, params: SamplingParams, shape):
+    async def respond(request: Request, prompts, options: protocol.Common, params: List[SamplingParams], shape):
         if mailboxes.get("loop") is not asyncio.get_running_loop():
             mailboxes["loop"] = asyncio.get_running_loop()
             mailboxes["box"] = Mailbox(mailboxes["loop"])
-        generation = Generation(engine, mailboxes["box"], ids, params, options.n)
+        generation = Generation(engine, mailboxes["box"], prompts, params, options.n)
         head = {"id": f"{shape.name}-{uuid.uuid4().hex}", "object": shape.object, "created": int(time.time()),
                 "model": served.model_name}
         if options.stream:
             return StreamingResponse(stream(request, generation, head, shape, options.include_usage),
                                      media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        got = {i: [] for i in range(options.n)}
+        got = {i: [] for i in range(generation.n)}
         async for chunk in generation.chunks(request):
             if chunk.error:
                 raise RequestError(chunk.error, None, None, 500, "server_error")

@@ -145,9 +145,9 @@ class Engine:
         return self.submit_choices(prompt_ids, params, sink, 1)[0]
 
     def submit_choices(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Callable[[Chunk], None],
-                       n: int) -> List[Request]:
-        """n choices of one prompt (one prefill); each chunk says its choice's index."""
-        group = [Request(prompt_ids, params, sink, self.tokenizer, i, self.eos_ids) for i in range(n)]
+                       n: int, first_index: int = 0) -> List[Request]:
+        """n choices of one prompt (one prefill); each chunk says its choice's index, from first_index on."""
+        group = [Request(prompt_ids, params, sink, self.tokenizer, first_index + i, self.eos_ids) for i in range(n)]
         self.inbox.put(group)
         return group
 

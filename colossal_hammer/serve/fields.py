@@ -40,7 +40,7 @@ SHARED: Dict[str, Field] = {
     "top_p": _h("nucleus sampling, per row"),
     "max_tokens": _h("at most the context the prompt leaves"),
     "stop": _h("up to 16 strings, never shown in the reply"),
-    "seed": _h("a seeded generator per choice (choice i of n uses seed + i)"),
+    "seed": _h("a seeded generator per choice (choice i uses seed + i)"),
     "n": _h("1..16 choices sampled from one prefill of the prompt"),
     "frequency_penalty": _h("minus penalty x count of the token in the reply so far, per row"),
     "presence_penalty": _h("minus penalty once the token is in the reply, per row"),
@@ -85,7 +85,8 @@ CHAT: Dict[str, Field] = {
 
 COMPLETIONS: Dict[str, Field] = {
     **SHARED,
-    "prompt": _h("a string, a list of token ids, or a list holding one of those"),
+    "prompt": _h("a string or a list of token ids, or a list of up to 64 of those (choice k * n + i: prompt k's "
+                 "i-th), prefilled together"),
     "logprobs": _h("choices[].logprobs (tokens, token_logprobs, top_logprobs, text_offset) with this many "
                    "alternatives (0..20; 0: the chosen token's only)"),
     "echo": _h("the prompt before the reply, with its tokens' logprobs when logprobs is set (the first is null)"),

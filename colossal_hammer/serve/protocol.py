@@ -18,6 +18,7 @@ ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 16
 MAX_N = 16
 MAX_TOP_LOGPROBS = 20
+MAX_PROMPTS = 64
 
 
 class RequestError(Exception):
@@ -252,16 +253,18 @@ def messages(body: dict) -> List[dict]:
     return out
 
 
-def prompt(body: dict):
-    """A completion prompt: a string, a list of token ids, or a list holding one of those."""
+def prompts(body: dict) -> list:
+    """Completion prompts: a string or a list of token ids, or a list of those (up to MAX_PROMPTS; lm-eval's
+    API models send a batch this way)."""
     value = body.get("prompt")
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
-        value = value[0]
-    if isinstance(value, str):
-        return _text(value, "prompt")
-    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        return value
-    raise RequestError("'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
+    one = lambda v: isinstance(v, str) or (isinstance(v, list) and v and all(  # noqa: E731
+        isinstance(t, int) and not isinstance(t, bool) for t in v))
+    many = [value] if one(value) else value
+    if not isinstance(many, list) or not many or not all(one(v) for v in many):
+        raise RequestError("'prompt' must be a string or a list of token ids, or a list of those", "prompt")
+    if len(many) > MAX_PROMPTS:
+        raise RequestError(f"'prompt' holds {len(many)} prompts; at most {MAX_PROMPTS} per request", "prompt")
+    return [_text(v, "prompt") if isinstance(v, str) else v for v in many]
 
 
 def check_context(prompt_tokens: int, max_tokens: Optional[int], context: int, prompt_param: str) -> int:

@@ -130,3 +130,21 @@ def test_echo_streams_the_prompt_first(client):
                                                                   max_tokens=3, temperature=0, stream=True)]
     whole = client.completions.create(model="tiny-chat", prompt="The river", echo=True, max_tokens=3, temperature=0)
     assert parts[0].startswith("The river") and "".join(parts) == whole.choices[0].text
+
+
+def test_several_prompts_in_one_request_as_each_alone(client, live):
+    """lm-eval's API models send a batch of prompts in one request: choice k * n + i is prompt k's i-th."""
+    tokenizer = live.app.state.served.tokenizer
+    batch = [tokenizer("The river runs to the sea", add_special_tokens=True)["input_ids"],
+             tokenizer("人工智能", add_special_tokens=True)["input_ids"], "A plain string prompt"]
+    together = client.completions.create(model="tiny-chat", prompt=batch, max_tokens=3, temperature=0, logprobs=2,
+                                         echo=True, n=2)
+    assert [c.index for c in together.choices] == list(range(6))
+    for k, prompt in enumerate(batch):
+        alone = client.completions.create(model="tiny-chat", prompt=prompt, max_tokens=3, temperature=0, logprobs=2,
+                                          echo=True).choices[0]
+        for choice in together.choices[2 * k:2 * k + 2]:
+            assert choice.text == alone.text and choice.logprobs.tokens == alone.logprobs.tokens
+            assert choice.logprobs.text_offset == alone.logprobs.text_offset
+            assert choice.logprobs.token_logprobs[1:] == pytest.approx(alone.logprobs.token_logprobs[1:], abs=1e-4)
+    assert together.choices[4].text.startswith("A plain string prompt")
