@@ -148,3 +148,29 @@ def test_several_prompts_in_one_request_as_each_alone(client, live):
             assert choice.logprobs.text_offset == alone.logprobs.text_offset
             assert choice.logprobs.token_logprobs[1:] == pytest.approx(alone.logprobs.token_logprobs[1:], abs=1e-4)
     assert together.choices[4].text.startswith("A plain string prompt")
+
+
+def test_lm_eval_local_completions_scores_as_the_model_does(live, served_model, monkeypatch):
+    """lm-eval's own API model (local-completions, batches of 2) against the server: its log-likelihoods and
+    greedy flags are the model's."""
+    import torch
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.openai_completions import LocalCompletionsAPI
+
+    from tests.serve.conftest import API_KEY
+
+    monkeypatch.setenv("OPENAI_API_KEY", API_KEY)
+    lm = LocalCompletionsAPI(base_url=f"{live.url}/v1/completions", model="tiny-chat", tokenizer=served_model,
+                             tokenizer_backend="huggingface", batch_size=2, max_retries=1)
+    pairs = [("The river runs", " to the sea"), ("人工智能", "是什么"), ("a b c", " d")]
+    got = lm.loglikelihood([Instance("loglikelihood", {}, pair, i) for i, pair in enumerate(pairs)],
+                           disable_tqdm=True)
+    model = live.app.state.served.engine.model
+    for (context, continuation), (loglik, greedy) in zip(pairs, got):
+        context_ids, continuation_ids = lm._encode_pair(context, continuation)
+        with torch.no_grad():
+            logits = model(torch.tensor([context_ids + continuation_ids])).logits[0].float()
+        rows = logits[len(context_ids) - 1:-1]
+        expected = torch.log_softmax(rows, -1)[torch.arange(len(continuation_ids)), torch.tensor(continuation_ids)]
+        assert loglik == pytest.approx(float(expected.sum()), abs=1e-3)
+        assert greedy == (rows.argmax(-1).tolist() == continuation_ids)
