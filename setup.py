@@ -43,6 +43,9 @@ INSTALL_REQUIRES = [
     # colossal_hammer.serve (python -m colossal_hammer.serve): the OpenAI-compatible server and chat page
     "fastapi==0.165.0",
     "uvicorn==0.54.0",
+    # response_format json_object / json_schema (serve/grammar.py); installs alone (no torch, no triton:
+    # pip install --dry-run), where xgrammar 0.2.8 would add triton, which colossalai's kernels probe for
+    "llguidance==1.9.1",
 ]
 
 setup(

@@ -225,7 +225,8 @@ def build_app(served: Served) -> FastAPI:
         except Exception as e:  # noqa: BLE001 - a template's raise_exception() is a request mistake
             raise RequestError(f"the chat template refused the messages: {e}", "messages") from None
         max_tokens = protocol.check_context(len(ids), options.max_tokens, served.context, "messages")
-        return await respond(request, [ids], options, [sampling(options, max_tokens, logprobs=logprobs)],
+        params = sampling(options, max_tokens, logprobs=logprobs, grammar=protocol.response_format(body))
+        return await respond(request, [ids], options, [params],
                              Chat(logprobs is not None))
 
     @app.post("/v1/completions")

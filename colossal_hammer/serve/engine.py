@@ -18,6 +18,7 @@ from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from .grammar import Grammars
 from .prompts import StopDecoder
 from .sampling import Logprob, SamplingParams, adjust, logprob_of, prompt_logprobs, sample  # noqa: F401 (re-exported)
 
@@ -43,11 +44,12 @@ class Chunk:
 
 class Request:
     def __init__(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Callable[[Chunk], None],
-                 tokenizer, index: int = 0, eos_ids: frozenset = frozenset()):
+                 tokenizer, index: int = 0, eos_ids: frozenset = frozenset(), constraint=None):
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.sink = sink
         self.index = index
+        self.constraint = constraint  # grammar.Constraint of a response_format, else None
         self.ends = frozenset(eos_ids) | frozenset(params.stop_token_ids)
         self.decoder = StopDecoder(tokenizer, params.stop)
         self.generated: List[int] = []
@@ -73,7 +75,11 @@ class Request:
     def next_token(self, logits: torch.Tensor) -> tuple:
         """(token, its logprob entry or None) from this row's logits."""
         logits = adjust(logits, self.params, self.prompt_ids, self.generated, self.ends)
+        if self.constraint is not None:
+            logits = self.constraint.mask(logits)
         token = sample(logits, self.params, self.generator)
+        if self.constraint is not None and token not in self.ends:
+            self.constraint.consume(token)
         entry = None if self.params.logprobs is None else logprob_of(logits, token, self.params.logprobs)
         return token, entry
 
@@ -128,6 +134,7 @@ class Engine:
         self.thread = threading.Thread(target=self._run, name="serve-engine", daemon=True)
         self.batch: Optional[_Batch] = None
         self.failure: Optional[str] = None  # set when the thread itself died
+        self.grammars = Grammars(tokenizer, model.config.vocab_size)
 
     def start(self) -> "Engine":
         self.thread.start()
@@ -147,7 +154,8 @@ class Engine:
     def submit_choices(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Callable[[Chunk], None],
                        n: int, first_index: int = 0) -> List[Request]:
         """n choices of one prompt (one prefill); each chunk says its choice's index, from first_index on."""
-        group = [Request(prompt_ids, params, sink, self.tokenizer, first_index + i, self.eos_ids) for i in range(n)]
+        group = [Request(prompt_ids, params, sink, self.tokenizer, first_index + i, self.eos_ids,
+                         self.grammars.matcher(params.grammar) if params.grammar else None) for i in range(n)]
         self.inbox.put(group)
         return group
 
@@ -285,8 +293,9 @@ class Engine:
             text, reason = request.decoder.flush(), "stop"
         else:
             text, stopped = request.decoder.push(token)
-            reason = "stop" if stopped else ("length" if n >= request.params.max_tokens else None)
-            if reason == "length":
+            complete = request.constraint is not None and request.constraint.finished  # only EOS could follow
+            reason = "stop" if stopped or complete else ("length" if n >= request.params.max_tokens else None)
+            if reason and not stopped:  # held-back text is the reply's; after a stop string it is not
                 text += request.decoder.flush()
         if reason or text:
             request.sink(Chunk(text, reason, n, index=request.index, logprobs=request.pending,

@@ -60,8 +60,8 @@ CHAT: Dict[str, Field] = {
     "logprobs": _h("choices[].logprobs.content: each token's logprob (after penalties and logit_bias, before "
                    "temperature)"),
     "top_logprobs": _h("0..20 most likely alternatives per token; needs logprobs true"),
-    "response_format": _r("only {\"type\": \"text\"}: no grammar-constrained decoding (json_object, json_schema)",
-                          {"type": "text"}),
+    "response_format": _h("text; json_object or json_schema: every token masked to keep the reply valid JSON "
+                          "(of the schema) by llguidance's grammar matcher"),
     "tools": _r(NO_TOOLS, []),
     "tool_choice": _r(NO_TOOLS, "none"),
     "parallel_tool_calls": _r(NO_TOOLS),

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional
 
 from .fields import Field, refused
+from .grammar import JSON_OBJECT, compile_schema
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 16
@@ -199,6 +200,31 @@ def chat_logprobs(body: dict) -> Optional[int]:
     if top is not None and not wanted:
         raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
     return (top or 0) if wanted else None
+
+
+def response_format(body: dict) -> Optional[str]:
+    """The grammar a reply must follow (json_object: any JSON object; json_schema: its schema), or None for text."""
+    value = body.get("response_format")
+    if value is None or value == {"type": "text"}:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "json_object":
+        schema = JSON_OBJECT
+    elif kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema", {}) if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError("'response_format.json_schema' must be an object with a 'schema' object",
+                               "response_format")
+    else:
+        raise RequestError(f"'response_format' must be {{\"type\": \"text\"}}, {{\"type\": \"json_object\"}} or "
+                           f"{{\"type\": \"json_schema\", \"json_schema\": {{...}}}}, got {_shown(value)}",
+                           "response_format")
+    try:
+        return compile_schema(schema)
+    except ValueError as e:
+        raise RequestError(f"'response_format': the JSON schema does not compile: {str(e)[:300]}",
+                           "response_format") from None
 
 
 def completion_logprobs(body: dict) -> Optional[int]:

@@ -30,6 +30,7 @@ class SamplingParams:
     min_tokens: int = 0
     logprobs: Optional[int] = None  # alternatives to report per generated token; None: no logprobs
     prompt_logprobs: Optional[int] = None  # echo: the prompt tokens' logprobs, with this many alternatives
+    grammar: Optional[str] = None  # response_format: an llguidance grammar the reply must follow (grammar.py)
 
     @property
     def adjusts(self) -> bool:

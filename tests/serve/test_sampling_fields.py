@@ -174,3 +174,35 @@ def test_lm_eval_local_completions_scores_as_the_model_does(live, served_model, 
         expected = torch.log_softmax(rows, -1)[torch.arange(len(continuation_ids)), torch.tensor(continuation_ids)]
         assert loglik == pytest.approx(float(expected.sum()), abs=1e-3)
         assert greedy == (rows.argmax(-1).tolist() == continuation_ids)
+
+
+def test_response_format_json_object_and_json_schema_parse(client, live):
+    """The grammar keeps every reply valid JSON. A random model's strings never end by themselves, so the
+    json_object request biases the closing tokens; without the grammar, the same request writes no JSON."""
+    import json
+
+    tokenizer = live.app.state.served.tokenizer
+    closing = {str(i): 20 for i in range(len(tokenizer))
+               if tokenizer.convert_ids_to_tokens(i).lstrip("\u2581") in ('"', "}")}
+    assert closing
+    for seed in (1, 2):
+        reply = chat(client, temperature=1.0, seed=seed, max_tokens=100, logit_bias=closing,
+                     response_format={"type": "json_object"})
+        assert reply.choices[0].finish_reason == "stop"  # the matcher ends the reply once the object is complete
+        assert isinstance(json.loads(reply.choices[0].message.content), dict)
+        with pytest.raises(ValueError):
+            json.loads(chat(client, temperature=1.0, seed=seed, max_tokens=20, logit_bias=closing)
+                       .choices[0].message.content)
+    schema = {"type": "object", "properties": {"answer": {"type": "integer", "minimum": 0, "maximum": 99},
+                                               "ok": {"type": "boolean"}},
+              "required": ["answer", "ok"], "additionalProperties": False}
+    for stream in (False, True):
+        kwargs = dict(temperature=0, max_tokens=60, response_format={"type": "json_schema", "json_schema": {
+            "name": "answer", "schema": schema}})
+        if stream:
+            text = "".join(c.choices[0].delta.content or "" for c in chat(client, stream=True, **kwargs) if c.choices)
+        else:
+            text = chat(client, **kwargs).choices[0].message.content
+        value = json.loads(text)
+        assert text == json.dumps(value, separators=(",", ":"))  # compact, ended when complete
+        assert set(value) == {"answer", "ok"} and 0 <= value["answer"] <= 99 and isinstance(value["ok"], bool)
