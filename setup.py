@@ -50,6 +50,9 @@ INSTALL_REQUIRES = [
     "orjson==3.13.0",
     "regex==2026.12.2",
     "xxhash==4.1.0",
+    # response_format json_object / json_schema (serve/grammar.py); installs alone (no torch, no triton:
+    # pip install --dry-run), where xgrammar 0.2.8 would add triton, which colossalai's kernels probe for
+    "llguidance==1.9.1",
 ]
 
 setup(
@@ -57,7 +60,7 @@ setup(
     version="0.1.0",
     description="Continual pretraining and SFT of Llama-family models on Colossal-AI's Booster plugins",
     packages=find_packages(include=["colossal_hammer", "colossal_hammer.*"]),
-    package_data={"colossal_hammer.serve": ["static/*.html"]},  # the chat page ships inside the package
+    package_data={"colossal_hammer.serve": ["static/*.html", "static/*.svg"]},  # the chat page ships inside the package
     python_requires=">=3.10",
     install_requires=INSTALL_REQUIRES,
     extras_require={
@@ -66,7 +69,8 @@ setup(
         # install beside our torch/transformers pins: measured with pip install --dry-run)
         # pytest-timeout: a hung gloo collective fails its test instead of stalling CI to its limit
         "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "openai==3.57.0", "selenium==4.51.0", "pexpect==4.9.0", "lm-eval==0.4.13",
-                 "trl==0.18.2"],
+                 "trl==0.18.2",
+                 "tenacity==9.2.1"],  # lm-eval's API models (tests/serve: local-completions against the server)
         "gpu": ["flash-attn"],  # GPU-only; SDPA is used where it is missing
     },
     entry_points={"console_scripts": ["colossal-hammer-train=colossal_hammer.entry:train"]},

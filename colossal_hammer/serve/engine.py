@@ -1,33 +1,26 @@
 """One model thread decoding every active request together.
 
-Requests wait in a queue. Each newcomer is prefilled alone (so its first token is what it would be
-alone), then its KV-cache rows join the running batch: caches and attention masks are padded on the
-left to a common length, position ids are kept per row, and one forward pass decodes one token for
-every row. Each row samples with its own temperature / top_p / seed and stops on its own EOS, stop
-strings or max_tokens; a finished or cancelled row (a client that went away) leaves the batch at the
-next step, and columns that only padding still occupies are trimmed.
+Requests wait in a queue. The newcomers found there are prefilled together (prompts padded on the
+left, masked, with positions per row); a request with n choices is prefilled once and its KV-cache
+rows are copied n times. The rows then join the running batch: caches and attention masks are
+padded on the left to a common length, position ids are kept per row, and one forward pass decodes
+one token for every row. Each row samples with its own parameters (sampling.py) and stops on its
+own EOS, stop strings, stop token ids or max_tokens; a finished or cancelled row (a client that
+went away) leaves the batch at the next step, and columns that only padding still occupies are trimmed.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional, Sequence
 
 import torch
 
+from .grammar import Grammars
 from .prompts import StopDecoder
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0  # 0: every token
-    stop: Sequence[str] = ()
-    seed: Optional[int] = None
+from .sampling import Logprob, SamplingParams, adjust, logprob_of, prompt_logprobs, sample  # noqa: F401 (re-exported)
 
 
 @dataclass
@@ -37,21 +30,37 @@ class Chunk:
     finish_reason: Optional[str] = None  # "stop" | "length" | "error"
     completion_tokens: int = 0
     error: Optional[str] = None
+    index: int = 0  # which of the request's n choices
+    logprobs: List[Logprob] = field(default_factory=list)  # of the tokens generated since the last chunk
+    offsets: List[int] = field(default_factory=list)  # each of those tokens' first character in the reply
+    prompt_logprobs: Optional[List[Optional[Logprob]]] = None  # echo: on the first chunk only
+
+    def then(self, later: "Chunk") -> "Chunk":
+        """This chunk and the next of the same choice as one."""
+        return Chunk(self.text + later.text, later.finish_reason, later.completion_tokens, later.error, self.index,
+                     self.logprobs + later.logprobs, self.offsets + later.offsets,
+                     self.prompt_logprobs if self.prompt_logprobs is not None else later.prompt_logprobs)
 
 
 class Request:
     def __init__(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Callable[[Chunk], None],
-                 tokenizer):
+                 tokenizer, index: int = 0, eos_ids: frozenset = frozenset(), constraint=None):
         self.prompt_ids = list(prompt_ids)
         self.params = params
         self.sink = sink
+        self.index = index
+        self.constraint = constraint  # grammar.Constraint of a response_format, else None
+        self.ends = frozenset(eos_ids) | frozenset(params.stop_token_ids)
         self.decoder = StopDecoder(tokenizer, params.stop)
         self.generated: List[int] = []
         self.done = False
+        self.pending: List[Logprob] = []  # logprobs of tokens whose text is still held back
+        self.pending_offsets: List[int] = []
+        self.prompt_lp: Optional[List[Optional[Logprob]]] = None
         self._cancelled = threading.Event()
         self.generator = torch.Generator()
         if params.seed is not None:
-            self.generator.manual_seed(params.seed)
+            self.generator.manual_seed(params.seed + index)  # n choices from one seed differ
         else:
             self.generator.seed()
 
@@ -63,26 +72,16 @@ class Request:
     def cancelled(self) -> bool:
         return self._cancelled.is_set()
 
-
-GREEDY_BELOW = 1e-5  # a temperature this small would overflow the logits; it means greedy (as in vLLM)
-
-
-def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
-    if params.temperature < GREEDY_BELOW:
-        return int(torch.argmax(logits))
-    logits = logits.float() / params.temperature
-    if params.top_k and params.top_k < logits.numel():
-        kth = torch.topk(logits, params.top_k).values[-1]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    probs = torch.softmax(logits, dim=-1)
-    if params.top_p < 1.0:
-        sorted_probs, order = torch.sort(probs, descending=True)
-        # keep the smallest set whose mass reaches top_p
-        drop = torch.cumsum(sorted_probs, 0) - sorted_probs >= params.top_p
-        drop[0] = False  # the top token always stays: a top_p like 1e-300 is 0 in float32 and would drop it too
-        sorted_probs[drop] = 0
-        probs = torch.zeros_like(probs).scatter_(0, order, sorted_probs)
-    return int(torch.multinomial(probs, 1, generator=generator))
+    def next_token(self, logits: torch.Tensor) -> tuple:
+        """(token, its logprob entry or None) from this row's logits."""
+        logits = adjust(logits, self.params, self.prompt_ids, self.generated, self.ends)
+        if self.constraint is not None:
+            logits = self.constraint.mask(logits)
+        token = sample(logits, self.params, self.generator)
+        if self.constraint is not None and token not in self.ends:
+            self.constraint.consume(token)
+        entry = None if self.params.logprobs is None else logprob_of(logits, token, self.params.logprobs)
+        return token, entry
 
 
 def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
@@ -96,14 +95,10 @@ def _pad_left(t: torch.Tensor, length: int) -> torch.Tensor:
 class _Batch:
     """The running rows: their requests, KV cache, attention mask, next position and last token."""
 
-    def __init__(self, request: Request, cache, last: int):
-        self.rows = [request]
-        self.keys = [k for k, _ in cache]
-        self.values = [v for _, v in cache]
-        n = len(request.prompt_ids)
-        self.mask = torch.ones(1, n, dtype=torch.long)
-        self.positions = torch.tensor([n])
-        self.last = torch.tensor([last])
+    def __init__(self, rows: List[Request], keys, values, mask: torch.Tensor, positions: torch.Tensor,
+                 last: torch.Tensor):
+        self.rows, self.keys, self.values = rows, keys, values
+        self.mask, self.positions, self.last = mask, positions, last
 
     def add(self, other: "_Batch") -> None:
         length = max(self.mask.shape[1], other.mask.shape[1])
@@ -139,6 +134,7 @@ class Engine:
         self.thread = threading.Thread(target=self._run, name="serve-engine", daemon=True)
         self.batch: Optional[_Batch] = None
         self.failure: Optional[str] = None  # set when the thread itself died
+        self.grammars = Grammars(tokenizer, model.config.vocab_size)
 
     def start(self) -> "Engine":
         self.thread.start()
@@ -153,9 +149,15 @@ class Engine:
         return self.thread.is_alive()
 
     def submit(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Callable[[Chunk], None]) -> Request:
-        request = Request(prompt_ids, params, sink, self.tokenizer)
-        self.inbox.put(request)
-        return request
+        return self.submit_choices(prompt_ids, params, sink, 1)[0]
+
+    def submit_choices(self, prompt_ids: Sequence[int], params: SamplingParams, sink: Callable[[Chunk], None],
+                       n: int, first_index: int = 0) -> List[Request]:
+        """n choices of one prompt (one prefill); each chunk says its choice's index, from first_index on."""
+        group = [Request(prompt_ids, params, sink, self.tokenizer, first_index + i, self.eos_ids,
+                         self.grammars.matcher(params.grammar) if params.grammar else None) for i in range(n)]
+        self.inbox.put(group)
+        return group
 
     # ---- the model thread ---------------------------------------------------------------------
 
@@ -170,52 +172,87 @@ class Engine:
             raise
 
     def _admit(self) -> bool:
-        """Move waiting requests into the batch (blocking while there is nothing to do); False on stop."""
+        """Prefill the waiting requests together and add them to the batch (blocking while there is nothing to
+        do); False on stop. A group of n choices comes in whole, so the batch may pass its size by n - 1."""
         room = self.max_batch_size - (len(self.batch.rows) if self.batch else 0)
+        groups: List[List[Request]] = []
         while room > 0:
             try:
-                request = self.inbox.get(block=self.batch is None)
+                group = self.inbox.get(block=self.batch is None and not groups)
             except queue.Empty:
                 break
-            if request is None:
+            if group is None:
                 return False
-            if request.cancelled:
-                continue
-            self._guarded(self._prefill, [request])
-            room -= 1
+            group = [r for r in group if not r.cancelled]
+            if group:
+                groups.append(group)
+                room -= len(group)
+        if groups:
+            self._guarded(lambda: self._prefill(groups), [r for g in groups for r in g])
         return True
 
     def _guarded(self, step, requests: List[Request]) -> None:
         """A failing forward pass ends the requests it served with an error; the engine keeps serving."""
         try:
-            step(requests[0]) if step == self._prefill else step()
+            step()
         except Exception as e:  # noqa: BLE001 - reported to each client as a server error
             for r in requests:
                 if not r.done:
                     r.done = True
-                    r.sink(Chunk("", "error", len(r.generated), f"generation failed: {type(e).__name__}: {e}"))
-            if step != self._prefill:
+                    r.sink(Chunk("", "error", len(r.generated), f"generation failed: {type(e).__name__}: {e}",
+                                 r.index))
+            if step == self._decode_step:
                 self.batch = None
 
-    def _forward(self, input_ids, **kwargs):
+    def _forward(self, input_ids, all_logits: bool = False, **kwargs):
         from transformers import DynamicCache
 
         cache = kwargs.pop("cache", None)
         past = DynamicCache.from_legacy_cache(cache) if cache is not None else DynamicCache()
         out = self.model(input_ids=input_ids.to(self.device), past_key_values=past, use_cache=True,
-                         logits_to_keep=1, **kwargs)
-        return out.logits[:, -1].float().cpu(), out.past_key_values
+                         logits_to_keep=0 if all_logits else 1, **kwargs)
+        return out.logits.float().cpu(), out.past_key_values
 
-    def _prefill(self, request: Request) -> None:
-        logits, past = self._forward(torch.tensor([request.prompt_ids]))
-        token = sample(logits[0], request.params, request.generator)
-        row = _Batch(request, [(past.key_cache[i], past.value_cache[i]) for i in range(len(past.key_cache))], token)
-        if self._emit(request, token):
+    def _prefill(self, groups: List[List[Request]]) -> None:
+        prompts = [g[0].prompt_ids for g in groups]
+        length = max(len(p) for p in prompts)
+        mask = torch.tensor([[0] * (length - len(p)) + [1] * len(p) for p in prompts])
+        ids = torch.tensor([[0] * (length - len(p)) + p for p in prompts])  # the padding is masked: any id does
+        extra = {}
+        if len(groups) > 1:
+            extra = dict(attention_mask=mask.to(self.device),
+                         position_ids=(mask.cumsum(1) - 1).clamp(min=0).to(self.device))
+        echo = any(g[0].params.prompt_logprobs is not None for g in groups)
+        logits, past = self._forward(ids, all_logits=echo, **extra)
+        rows, keys, values, masks, firsts = [], [[] for _ in past.key_cache], [[] for _ in past.value_cache], [], []
+        for b, (group, prompt) in enumerate(zip(groups, prompts)):
+            alternatives = group[0].params.prompt_logprobs
+            echoed = None if alternatives is None else prompt_logprobs(logits[b, length - len(prompt):], prompt,
+                                                                       alternatives)
+            for request in group:
+                request.prompt_lp = echoed
+                if request.params.max_tokens == 0:  # echo alone: the prompt's logprobs, nothing generated
+                    request.done = True
+                    request.sink(Chunk("", "length", 0, index=request.index, prompt_logprobs=echoed))
+                    continue
+                token, entry = request.next_token(logits[b, -1])
+                if self._emit(request, token, entry):
+                    continue
+                rows.append(request)
+                firsts.append(token)
+                masks.append(mask[b])
+                for layer, (k, v) in enumerate(zip(past.key_cache, past.value_cache)):
+                    keys[layer].append(k[b:b + 1])
+                    values[layer].append(v[b:b + 1])
+        if not rows:
             return
+        positions = torch.stack(masks).sum(1)
+        joined = _Batch(rows, [torch.cat(k) for k in keys], [torch.cat(v) for v in values], torch.stack(masks),
+                        positions, torch.tensor(firsts))
         if self.batch is None:
-            self.batch = row
+            self.batch = joined
         else:
-            self.batch.add(row)
+            self.batch.add(joined)
 
     def _decode_step(self) -> None:
         batch = self.batch
@@ -233,30 +270,36 @@ class Engine:
         batch.positions += 1
         keep = []
         for i, request in enumerate(batch.rows):
-            token = sample(logits[i], request.params, request.generator)
+            token, entry = request.next_token(logits[i, -1])
             batch.last[i] = token
-            if not self._emit(request, token):
+            if not self._emit(request, token, entry):
                 keep.append(i)
         if not keep:
             self.batch = None
         elif len(keep) < len(batch.rows):
             batch.keep(keep)
 
-    def _emit(self, request: Request, token: int) -> bool:
-        """Hand the token's text to the request; True when the request is finished."""
+    def _emit(self, request: Request, token: int, entry: Optional[Logprob] = None) -> bool:
+        """Hand the token's text (and logprobs) to the request; True when the request is finished."""
         if request.cancelled:
             request.done = True
             return True
+        if entry is not None:
+            request.pending.append(entry)
+            request.pending_offsets.append(len(request.decoder.text))
         request.generated.append(token)
         n = len(request.generated)
-        if token in self.eos_ids:
+        if token in request.ends:
             text, reason = request.decoder.flush(), "stop"
         else:
             text, stopped = request.decoder.push(token)
-            reason = "stop" if stopped else ("length" if n >= request.params.max_tokens else None)
-            if reason == "length":
+            complete = request.constraint is not None and request.constraint.finished  # only EOS could follow
+            reason = "stop" if stopped or complete else ("length" if n >= request.params.max_tokens else None)
+            if reason and not stopped:  # held-back text is the reply's; after a stop string it is not
                 text += request.decoder.flush()
         if reason or text:
-            request.sink(Chunk(text, reason, n))
+            request.sink(Chunk(text, reason, n, index=request.index, logprobs=request.pending,
+                               offsets=request.pending_offsets, prompt_logprobs=request.prompt_lp))
+            request.pending, request.pending_offsets, request.prompt_lp = [], [], None
         request.done = reason is not None
         return request.done

@@ -1,8 +1,8 @@
 """Request bodies → validated values, or a RequestError that becomes OpenAI's error JSON.
 
 Every message names the field (`param`) so a client library shows the user what to change. Unknown
-fields are ignored (as vLLM does); known fields with values we cannot honour are refused, never
-silently dropped.
+fields are ignored (as vLLM does); the fields OpenAI's API and vLLM's sampling define are each
+honoured or refused as fields.py's table says, never silently dropped.
 """
 
 from __future__ import annotations
@@ -10,10 +10,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import Dict, List, Optional
+
+from .fields import Field, refused
+from .grammar import JSON_OBJECT, compile_schema
 
 ROLES = ("system", "developer", "user", "assistant")
 MAX_STOP = 16
+MAX_N = 16
+MAX_TOP_LOGPROBS = 20
+MAX_PROMPTS = 64
 
 
 class RequestError(Exception):
@@ -37,6 +43,13 @@ class Common:
     max_tokens: Optional[int]  # None: as many as the context leaves
     stop: List[str]
     seed: Optional[int]
+    n: int
+    presence_penalty: float
+    frequency_penalty: float
+    repetition_penalty: float
+    logit_bias: Dict[int, float]
+    stop_token_ids: List[int]
+    min_tokens: int
 
 
 def parse_body(raw: bytes) -> dict:
@@ -93,7 +106,7 @@ def _integer(body: dict, name: str, low: int, high: Optional[int] = None) -> Opt
     return value
 
 
-def _boolean(body: dict, name: str) -> bool:
+def boolean(body: dict, name: str) -> bool:
     value = body.get(name, False)
     if value is None:
         return False
@@ -102,12 +115,44 @@ def _boolean(body: dict, name: str) -> bool:
     return value
 
 
-def _refuse(body: dict, name: str, allowed=(None,), what: str = "is not supported by this server") -> None:
-    if body.get(name) not in allowed:
-        raise RequestError(f"'{name}' {what}", name, code="unsupported_parameter")
+def _asks_nothing(value, allowed) -> bool:
+    # by type as well as value: 0 == False, so a 0 passed where only false asks for nothing (logprobs=0 did)
+    return any(value is a or (type(value) is type(a) and value == a) for a in allowed)
 
 
-def common(body: dict, served_model: str) -> Common:
+def refuse(body: dict, table: Dict[str, Field]) -> None:
+    """400 naming the first field the table refuses that asks for something."""
+    for name, f in refused(table):
+        value = body.get(name)
+        if not _asks_nothing(value, f.allowed):
+            raise RequestError(f"'{name}' is not supported by this server ({f.note}), got {_shown(value)}", name,
+                               code="unsupported_parameter")
+
+
+def _token_ids(body: dict, name: str) -> List[int]:
+    value = body.get(name)
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in value):
+        raise RequestError(f"'{name}' must be a list of token ids, got {_shown(value)}", name)
+    return value
+
+
+def _logit_bias(body: dict) -> Dict[int, float]:
+    value = body.get("logit_bias")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise RequestError(f"'logit_bias' must be an object of token id -> bias, got {_shown(value)}", "logit_bias")
+    out = {}
+    for key, bias in value.items():
+        if not (isinstance(key, str) and key.strip().isdigit()):
+            raise RequestError(f"'logit_bias' keys must be token ids, got {_shown(key)}", "logit_bias")
+        out[int(key)] = _number({"logit_bias": bias}, "logit_bias", 0.0, -100.0, 100.0)
+    return out
+
+
+def common(body: dict, served_model: str, table: Dict[str, Field]) -> Common:
     model = body.get("model")
     model = served_model if model is None else model  # optional here: curl users need not look it up
     if not isinstance(model, str):
@@ -115,14 +160,11 @@ def common(body: dict, served_model: str) -> Common:
     if model != served_model:
         raise RequestError(f"The model '{model}' does not exist; this server serves '{served_model}' "
                            f"(GET /v1/models)", "model", "model_not_found", status=404)
-    _refuse(body, "n", (None, 1), "must be 1: this server returns one choice per request")
-    _refuse(body, "best_of", (None, 1))
-    _refuse(body, "logprobs", (None, False))
-    _refuse(body, "tools", (None, []))
+    refuse(body, table)
     options = body.get("stream_options")
     if options is not None and not isinstance(options, dict):
         raise RequestError("'stream_options' must be an object", "stream_options")
-    include_usage = _boolean(options or {}, "include_usage")
+    include_usage = boolean(options or {}, "include_usage")
     stop = body.get("stop")
     stops = [] if stop is None else [stop] if isinstance(stop, str) else stop
     if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
@@ -132,13 +174,62 @@ def common(body: dict, served_model: str) -> Common:
     for s in stops:
         _text(s, "stop")
     max_tokens = _integer(body, "max_completion_tokens", 1)
-    max_tokens = _integer(body, "max_tokens", 1) if max_tokens is None else max_tokens
+    # 0 with echo: the prompt's logprobs alone (lm-eval's loglikelihood requests)
+    max_tokens = _integer(body, "max_tokens", 0 if body.get("echo") is True else 1) if max_tokens is None \
+        else max_tokens
     top_k = _integer(body, "top_k", -1)
-    return Common(model=model, stream=_boolean(body, "stream"), include_usage=include_usage,
+    min_tokens = _integer(body, "min_tokens", 0) or 0
+    if max_tokens is not None and min_tokens > max_tokens:
+        raise RequestError(f"'min_tokens' ({min_tokens}) is more than 'max_tokens' ({max_tokens})", "min_tokens")
+    return Common(model=model, stream=boolean(body, "stream"), include_usage=include_usage,
                   temperature=_number(body, "temperature", 1.0, 0.0),
                   top_p=_number(body, "top_p", 1.0, 0.0, 1.0, low_inclusive=False),
                   top_k=0 if top_k in (None, -1) else top_k, max_tokens=max_tokens, stop=stops,
-                  seed=_integer(body, "seed", -2 ** 63, 2 ** 63 - 1))
+                  seed=_integer(body, "seed", -2 ** 63, 2 ** 63 - 1 - MAX_N), n=_integer(body, "n", 1, MAX_N) or 1,
+                  presence_penalty=_number(body, "presence_penalty", 0.0, -2.0, 2.0),
+                  frequency_penalty=_number(body, "frequency_penalty", 0.0, -2.0, 2.0),
+                  repetition_penalty=_number(body, "repetition_penalty", 1.0, 0.0, low_inclusive=False),
+                  logit_bias=_logit_bias(body), stop_token_ids=_token_ids(body, "stop_token_ids"),
+                  min_tokens=min_tokens)
+
+
+def chat_logprobs(body: dict) -> Optional[int]:
+    """How many alternatives per token (0..20) when logprobs is true, else None; top_logprobs needs logprobs."""
+    wanted = boolean(body, "logprobs")
+    top = _integer(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+    if top is not None and not wanted:
+        raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    return (top or 0) if wanted else None
+
+
+def response_format(body: dict) -> Optional[str]:
+    """The grammar a reply must follow (json_object: any JSON object; json_schema: its schema), or None for text."""
+    value = body.get("response_format")
+    if value is None or value == {"type": "text"}:
+        return None
+    kind = value.get("type") if isinstance(value, dict) else None
+    if kind == "json_object":
+        schema = JSON_OBJECT
+    elif kind == "json_schema":
+        spec = value.get("json_schema")
+        schema = spec.get("schema", {}) if isinstance(spec, dict) else None
+        if not isinstance(schema, dict):
+            raise RequestError("'response_format.json_schema' must be an object with a 'schema' object",
+                               "response_format")
+    else:
+        raise RequestError(f"'response_format' must be {{\"type\": \"text\"}}, {{\"type\": \"json_object\"}} or "
+                           f"{{\"type\": \"json_schema\", \"json_schema\": {{...}}}}, got {_shown(value)}",
+                           "response_format")
+    try:
+        return compile_schema(schema)
+    except ValueError as e:
+        raise RequestError(f"'response_format': the JSON schema does not compile: {str(e)[:300]}",
+                           "response_format") from None
+
+
+def completion_logprobs(body: dict) -> Optional[int]:
+    """Completions' logprobs is a number of alternatives (0: the chosen token's logprob only), or absent."""
+    return _integer(body, "logprobs", 0, MAX_TOP_LOGPROBS)
 
 
 def _content(message: dict, i: int) -> str:
@@ -163,6 +254,13 @@ def messages(body: dict) -> List[dict]:
         if not isinstance(m, dict):
             raise RequestError(f"'messages[{i}]' must be an object with 'role' and 'content'", f"messages[{i}]")
         role = m.get("role")
+        if role in ("tool", "function"):
+            raise RequestError(f"'messages[{i}].role' is {role}: this server does no tool calling, so it takes no "
+                               f"tool results (see 'tools')", f"messages[{i}].role", "unsupported_parameter")
+        if m.get("tool_calls") or m.get("function_call"):
+            name = "tool_calls" if m.get("tool_calls") else "function_call"
+            raise RequestError(f"'messages[{i}].{name}': this server does no tool calling", f"messages[{i}].{name}",
+                               "unsupported_parameter")
         if role not in ROLES:
             raise RequestError(f"'messages[{i}].role' must be one of {', '.join(ROLES)}, got "
                                f"{_shown(role)}", f"messages[{i}].role")
@@ -181,16 +279,18 @@ def messages(body: dict) -> List[dict]:
     return out
 
 
-def prompt(body: dict):
-    """A completion prompt: a string, a list of token ids, or a list holding one of those."""
+def prompts(body: dict) -> list:
+    """Completion prompts: a string or a list of token ids, or a list of those (up to MAX_PROMPTS; lm-eval's
+    API models send a batch this way)."""
     value = body.get("prompt")
-    if isinstance(value, list) and len(value) == 1 and isinstance(value[0], (str, list)):
-        value = value[0]
-    if isinstance(value, str):
-        return _text(value, "prompt")
-    if isinstance(value, list) and value and all(isinstance(t, int) and not isinstance(t, bool) for t in value):
-        return value
-    raise RequestError("'prompt' must be a string or a list of token ids (one prompt per request)", "prompt")
+    one = lambda v: isinstance(v, str) or (isinstance(v, list) and v and all(  # noqa: E731
+        isinstance(t, int) and not isinstance(t, bool) for t in v))
+    many = [value] if one(value) else value
+    if not isinstance(many, list) or not many or not all(one(v) for v in many):
+        raise RequestError("'prompt' must be a string or a list of token ids, or a list of those", "prompt")
+    if len(many) > MAX_PROMPTS:
+        raise RequestError(f"'prompt' holds {len(many)} prompts; at most {MAX_PROMPTS} per request", "prompt")
+    return [_text(v, "prompt") if isinstance(v, str) else v for v in many]
 
 
 def check_context(prompt_tokens: int, max_tokens: Optional[int], context: int, prompt_param: str) -> int:

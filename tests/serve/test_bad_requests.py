@@ -31,7 +31,7 @@ def works(client):
     (dict(model="tiny-chat", messages=USER, max_tokens=0), openai.BadRequestError, 400, "max_tokens"),
     (dict(model="tiny-chat", messages=USER, temperature=-0.5), openai.BadRequestError, 400, "temperature"),
     (dict(model="tiny-chat", messages=USER, top_p=0), openai.BadRequestError, 400, "top_p"),
-    (dict(model="tiny-chat", messages=USER, n=3), openai.BadRequestError, 400, "n"),
+    (dict(model="tiny-chat", messages=USER, n=17), openai.BadRequestError, 400, "n"),
     (dict(model="tiny-chat", messages=USER, seed=2 ** 70), openai.BadRequestError, 400, "seed"),
     (dict(model="tiny-chat", messages=[{"role": "user", "content": IMAGE}]),
      openai.BadRequestError, 400, "messages[0].content"),
@@ -75,7 +75,7 @@ def test_api_key_is_required(live, client):
 
 def test_completions_bad_prompt_and_unknown_route(live, client):
     for body, param in ((b'{"prompt": 5}', "prompt"), (b'{"prompt": [999999]}', "prompt"),
-                        (b'{"prompt": "a", "echo": true}', "echo")):
+                        (b'{"prompt": "a", "suffix": "b"}', "suffix")):
         r = post(live, body, path="/v1/completions")
         assert r.status_code == 400 and r.json()["error"]["param"] == param
     r = post(live, b"{}", path="/v1/nothing")

@@ -6,6 +6,7 @@ import threading
 import time
 
 import httpx
+import pytest
 
 from tests.serve.conftest import API_KEY
 from tests.serve.test_api import streamed_text
@@ -87,3 +88,45 @@ def test_non_streaming_clients_that_disconnect_free_their_rows(live, client):
     assert engine.batch is None and all(r.cancelled for r in rows)
     assert all(len(r.generated) < 2000 for r in rows)  # they went with their clients, long before 2000 tokens
     assert streamed_text(client, "hi", temperature=0, max_tokens=3)[1] == "length"
+
+
+def test_waiting_requests_are_prefilled_together_each_as_alone(live):
+    """Requests that wait together are prefilled in one left-padded forward pass, each row as it is alone."""
+    from colossal_hammer.serve.engine import Engine, SamplingParams
+    from colossal_hammer.serve.prompts import completion_prompt_ids
+
+    served = live.app.state.served
+    model, tokenizer = served.engine.model, served.tokenizer
+    prompts = [completion_prompt_ids(tokenizer, p) for p in ("a", "the river runs to the sea and", "人工智能是")]
+    assert len({len(p) for p in prompts}) == 3  # different lengths: the short ones are padded
+
+    def run(batch):
+        engine = Engine(model, tokenizer, frozenset(), max_batch_size=8)
+        prefills, original = [], engine._prefill
+        engine._prefill = lambda groups: (prefills.append(len(groups)), original(groups))
+        texts, finished, done = {i: [] for i in range(len(batch))}, set(), threading.Event()
+
+        def sink_for(i):
+            def sink(chunk):
+                texts[i] += chunk.logprobs  # every token's logprob and top 5: the numbers, not just argmax
+                if chunk.finish_reason:
+                    finished.add(i)
+                    if len(finished) == len(batch):
+                        done.set()
+            return sink
+
+        for i, p in enumerate(batch):  # all waiting before the engine starts: one admission takes them all
+            engine.submit(p, SamplingParams(max_tokens=6, temperature=0, logprobs=5), sink_for(i))
+        engine.start()
+        assert done.wait(60)
+        engine.stop()
+        return [texts[i] for i in range(len(batch))], prefills
+
+    together, prefills = run(prompts)
+    assert prefills == [3]
+    for row, prompt in zip(together, prompts):
+        alone = run([prompt])[0][0]
+        assert [t for t, _, _ in row] == [t for t, _, _ in alone]
+        assert [[i for i, _ in top] for _, _, top in row] == [[i for i, _ in top] for _, _, top in alone]
+        assert [v for _, _, top in row for _, v in top] == pytest.approx([v for _, _, top in alone for _, v in top],
+                                                                          abs=1e-4)

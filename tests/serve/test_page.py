@@ -5,6 +5,7 @@ import os
 import shutil
 import time
 
+import httpx
 import pytest
 
 from colossal_hammer.serve.__main__ import ServeConfig, make_app
@@ -78,6 +79,9 @@ def test_chat_page_streams_keeps_history_stops_and_starts_over(served_model, bro
         browser.get(server.url + "/")
         find = lambda css: browser.find_element(By.CSS_SELECTOR, css)  # noqa: E731
         wait(lambda: find("#model-name").text == "tiny-page")
+        hint = "return getComputedStyle(document.getElementById('messages'), '::before').content"
+        assert "Type a message" in browser.execute_script(hint)  # an empty chat says what to do
+        assert httpx.get(server.url + "/favicon.ico").headers["content-type"] == "image/svg+xml"
         for field, value in (("#temperature", "0"), ("#max-tokens", "10")):
             find(field).clear()
             find(field).send_keys(value)
@@ -100,9 +104,13 @@ def test_chat_page_streams_keeps_history_stops_and_starts_over(served_model, bro
         first = turn("什么是人工智能？")
         api = openai.OpenAI(base_url=server.url + "/v1", api_key="none", max_retries=0)
         question = [{"role": "user", "content": "什么是人工智能？"}]
-        expected = api.chat.completions.create(model="tiny-page", messages=question, temperature=0,
-                                               max_tokens=10).choices[0].message.content
+        answer = api.chat.completions.create(model="tiny-page", messages=question, temperature=0, max_tokens=10)
+        expected = answer.choices[0].message.content
+        meta = browser.find_elements(By.CSS_SELECTOR, ".meta")[-1]
+        assert meta.get_attribute("data-finish") == answer.choices[0].finish_reason  # why it ended, under it
+        assert f"{answer.usage.completion_tokens} tokens (prompt {answer.usage.prompt_tokens})" in meta.text
         assert first == expected.strip()  # the page shows the greedy reply (HTML trims edge whitespace)
+        assert browser.execute_script(hint) == "none"  # the hint goes with the first message
         grown = [s for s in dict.fromkeys(browser.execute_script("return window.seen;")) if s]
         assert len(grown) >= 2 and all(b.startswith(a) for a, b in zip(grown, grown[1:]))  # streamed in
         second = turn("Tell me more.")
@@ -127,6 +135,7 @@ def test_chat_page_streams_keeps_history_stops_and_starts_over(served_model, bro
         wait(lambda: not browser.find_elements(By.CSS_SELECTOR, ".msg.assistant.streaming"))
         wait(lambda: engine.batch is None, seconds=10)
         assert row.cancelled and len(row.generated) < 1500  # stopped, not finished
+        assert browser.find_elements(By.CSS_SELECTOR, ".meta")[-1].text == "stopped by you"
         assert not find("#send").get_attribute("disabled")
         # new chat: an empty page, and the next request carries no history
         find("#new-chat").click()
@@ -135,3 +144,5 @@ def test_chat_page_streams_keeps_history_stops_and_starts_over(served_model, bro
         find("#max-tokens").send_keys("3")
         turn("hi")
         assert recorder.bodies[-1]["messages"] == [{"role": "user", "content": "hi"}]
+        meta = find(".meta")  # a max-tokens stop says so, with the counts
+        assert meta.get_attribute("data-finish") == "length" and meta.text.startswith("cut at max tokens · 3 tokens")
