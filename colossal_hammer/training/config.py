@@ -381,7 +381,7 @@ def build_parser(cls=TrainConfig, description: str = "", prog: Optional[str] = N
 
 
 def parse_config(argv: Optional[List[str]] = None) -> TrainConfig:
+    from . import config_file
+
     parser = build_parser(description="Continual pretraining / SFT of Llama models on Colossal-AI Booster plugins.")
-    cfg = TrainConfig(**vars(parser.parse_args(argv)))
-    cfg.validate()
-    return cfg
+    return config_file.parse(TrainConfig, parser, argv)

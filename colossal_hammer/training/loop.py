@@ -163,6 +163,7 @@ class Trainer:
         run_info.update(world_size=dist.get_world_size(), data_parallel_size=self.layout.dp_size,
                         cpu_compat=compat.is_active(), autocast=str(self.autocast_dtype), num_params=self.num_params,
                         trainable_params=self.num_trainable, resumed_from=self.resumed_from, start_step=self.step)
+        run_info["config"] = json.loads(self.cfg.to_json())  # the resolved config: file, flags and defaults
         with open(os.path.join(self.cfg.tensorboard_dir, "run_info.json"), "w", encoding="utf-8") as f:
             json.dump(run_info, f, indent=2)
 
