@@ -59,7 +59,10 @@ setup(
         # install beside our torch/transformers pins: measured with pip install --dry-run)
         # pytest-timeout: a hung gloo collective fails its test instead of stalling CI to its limit
         "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "openai==3.57.0", "selenium==4.51.0", "pexpect==4.9.0", "lm-eval==0.4.13",
-                 "trl==0.18.2"],
+                 "trl==0.18.2", "wandb==0.31.0", "mlflow==3.18.0"],
+        # train.py --report_to wandb,mlflow (installed beside the pins above: pip install --dry-run changed none of
+        # torch, transformers, numpy, protobuf); the test extra has them too, for the tests' own mlflow server
+        "trackers": ["wandb==0.31.0", "mlflow==3.18.0"],
         "gpu": ["flash-attn"],  # GPU-only; SDPA is used where it is missing
     },
     entry_points={"console_scripts": ["colossal-hammer-train=colossal_hammer.entry:train"]},

@@ -126,14 +126,16 @@ class Trainer:
             self._restore(self.resumed_from)
             self.last_saved = (self.step, self.resumed_from)
         self.metrics = MetricsLogger(cfg.tensorboard_dir, enabled=self.rank == 0,
-                                     resumed_step=self.step if self.resumed_from else None)
+                                     resumed_step=self.step if self.resumed_from else None, cfg=cfg,
+                                     resumed_from=self.resumed_from)
         if self.rank == 0:
             self._write_run_files()
 
     # ---- state --------------------------------------------------------------------------------------
     def _running_states(self) -> dict:
         return {"epoch": self.epoch, "sampler": self.sampler.state_dict(), "data_parallel_size": self.layout.dp_size,
-                "config": json.loads(self.cfg.to_json()), "lora_base": self.lora_base}
+                "config": json.loads(self.cfg.to_json()), "lora_base": self.lora_base,
+                "metrics": self.metrics.state_dict()}  # the W&B / MLflow run ids, on rank 0
 
     def _restore(self, path: str) -> None:
         states = self.checkpointer.load(path, self.model, self.optimizer, self.lr_scheduler)
