@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "sentencepiece==0.2.3",
     "protobuf==7.36.2",
     "tensorboard==2.21.0",
+    "PyYAML==6.0.4",  # train.py --config FILE.yaml
     "safetensors==0.8.0",
     "accelerate==1.15.0",
     "zstandard==0.25.0",  # .jsonl.zst inputs

@@ -301,7 +301,8 @@ class LoggingSection:
     """What the run writes besides checkpoints."""
     SECTION = "logging"
 
-    tensorboard_dir: Optional[str] = flag(None, "TensorBoard logs; metrics.jsonl and config.json are written here too. "
+    tensorboard_dir: Optional[str] = flag(None, "Log folder: TensorBoard events, metrics.jsonl, config.json, run_info.json, and "
+                                              "W&B's offline files and MLflow's local store (--report_to). "
                                               "Default: SAVE_DIR/logs, so each stage has its own.")
     report_to: str = flag("tensorboard", "Where the scalars, eval figures and config go besides metrics.jsonl: a comma-"
                                          "separated list of tensorboard, wandb (offline without an API key; "
