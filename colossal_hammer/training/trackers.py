@@ -9,6 +9,7 @@ it cannot start online; MLflow logs asynchronously, to MLFLOW_TRACKING_URI or a 
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import netrc
 import os
@@ -35,8 +36,6 @@ def names_of(report_to: str) -> list:
 def check_environment(names: list) -> None:
     """What the trackers' environment would refuse once training started, refused now (on every rank)."""
     from ..errors import InputError
-
-    import importlib.util
 
     for name in names:
         if name in PINS and importlib.util.find_spec(name) is None:
@@ -79,13 +78,7 @@ class WandbTracker:
         import wandb
 
         self.wandb = wandb
-        import importlib.util
-
-    for name in names:
-        if name in PINS and importlib.util.find_spec(name) is None:
-            raise InputError(f"--report_to {name}: the {name} package is not installed; pip install {PINS[name]} "
-                             "(or the project's [trackers] extra)")
-    mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_key(wandb.Settings().base_url) else "offline")
+        mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_key(wandb.Settings().base_url) else "offline")
         # console off: W&B would wrap stdout/stderr, which train.py leaves through os._exit
         # init_timeout: how long an unreachable server may hold up the start before the run goes offline
         settings = dict(console="off", silent=True, x_disable_stats=True,
