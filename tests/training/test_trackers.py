@@ -166,3 +166,47 @@ def test_a_bad_wandb_mode_is_one_line_before_anything_starts(tmp_path):
     assert errors == ["error: --report_to wandb: WANDB_MODE='offlin' is not one of online, offline, disabled, shared, "
                       "dryrun, run; set one or unset it (offline without an API key, online with one)"], proc.stdout
     assert "Traceback" not in proc.stdout
+
+
+def test_eval_figures_and_config_reach_every_tracker_local_stores(tokenizer_dir, tmp_path):
+    """--eval_dataset's figures go to W&B (offline) and MLflow (no URI: the log folder's SQLite store) as to
+    metrics.jsonl, and TensorBoard's events hold them too."""
+    from mlflow import MlflowClient
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from colossal_hammer.data import corpora
+    from colossal_hammer.data.pretrain import main as prepare_pretrain
+    from tests.conftest import write_jsonl
+    from tests.training.sft_data import tiny_model, uneven_sft_dataset
+
+    write_jsonl(tmp_path / "raw" / "a.jsonl", [{"target": p, "category": "english"}
+                                              for p in corpora.english_paragraphs()[-12:]])
+    prepare_pretrain(["--data_input_dirs", str(tmp_path / "raw"), "--tokenizer_dir", tokenizer_dir,
+                      "--data_output_dirs", str(tmp_path / "heldout"), "--max_length", "96",
+                      "--num_spliced_dataset_bins", "1", "--num_workers", "1"])
+    flags = ["--pretrained", tiny_model(tokenizer_dir, tmp_path / "model"), "--dataset",
+             uneven_sft_dataset(tokenizer_dir, tmp_path / "train", samples=8), "--max_length", "192", "--plugin", "ddp",
+             "--mixed_precision", "fp32", "--max_steps", "2", "--eval_dataset", f"held={tmp_path / 'heldout'}",
+             "--eval_interval", "1", "--report_to", "tensorboard,wandb,mlflow", "--run_name", "evals"]
+    run = train(flags, tmp_path / "logs", nproc=2, env={"HOME": str(tmp_path / "home")})
+    evals = {r["step"]: r for r in run["evals"]}
+    assert sorted(evals) == [1, 2]
+    keys = ("eval/held/loss", "eval/held/bpb", "eval/held/english/loss")
+
+    (run_dir,) = (tmp_path / "logs" / "wandb").glob("offline-run-*")
+    logged = wandb_run(run_dir)
+    assert logged["config"]["eval_dataset"] == [f"held={tmp_path / 'heldout'}"]
+    for step, record in evals.items():
+        assert all(logged["history"][step][k] == record[k] for k in keys), (logged["history"][step], record)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'logs' / 'mlflow.db'}")
+    (mlflow_run,) = client.search_runs([client.get_experiment_by_name("colossal_hammer").experiment_id])
+    assert mlflow_run.info.run_name == "evals" and mlflow_run.data.params["eval_interval"] == "1"
+    for key in keys:
+        history = sorted((m.step, m.value) for m in client.get_metric_history(mlflow_run.info.run_id, key))
+        assert history == [(s, evals[s][key]) for s in (1, 2)], key
+
+    events = EventAccumulator(str(tmp_path / "logs"))
+    events.Reload()
+    assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("eval/held/loss")] == [
+        (s, evals[s]["eval/held/loss"]) for s in (1, 2)]
