@@ -53,12 +53,6 @@ def _saved_state(checkpoint: Optional[str]) -> dict:
         return json.load(f).get("metrics", {})
 
 
-def _run_name(cfg, log_dir: str) -> str:
-    """A tracker run's default name: the save_dir's folder (each stage has its own), else the log folder's."""
-    folder = cfg.save_dir if cfg is not None else log_dir
-    return os.path.basename(os.path.normpath(os.path.abspath(folder)))
-
-
 class MetricsLogger:
     SCALARS = ("loss", "lr", "grad_norm", "tokens_per_second", "padding_fraction", "mfu",
                "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
@@ -68,8 +62,8 @@ class MetricsLogger:
                  resumed_from: Optional[str] = None):
         """A new run starts metrics.jsonl anew; a resumed one keeps the records up to its checkpoint's step, so
         the steps between that checkpoint and a crash, which it trains again, appear once. The trackers of
-        cfg.report_to (TensorBoard without a cfg) get the same scalars; a resumed run continues their runs, whose
-        ids its checkpoint (`resumed_from`) keeps."""
+        cfg.report_to (TensorBoard alone without a cfg) get the same scalars; a resumed run continues their runs,
+        whose ids its checkpoint (`resumed_from`) keeps."""
         self.enabled = enabled
         self.trackers = {}
         self.file = None
@@ -78,11 +72,7 @@ class MetricsLogger:
         os.makedirs(log_dir, exist_ok=True)
         from . import trackers
 
-        config = json.loads(cfg.to_json()) if cfg is not None else {}
-        self.trackers = trackers.build(cfg.report_to if cfg is not None else "tensorboard", log_dir,
-                                       getattr(cfg, "project", "colossal_hammer"),
-                                       getattr(cfg, "run_name", None) or _run_name(cfg, log_dir), config,
-                                       _saved_state(resumed_from))
+        self.trackers = trackers.build(cfg, log_dir, _saved_state(resumed_from))
         path = os.path.join(log_dir, "metrics.jsonl")
         kept = cut_back(path, resumed_step) if resumed_step is not None else []
         self.file = open(path, "w", encoding="utf-8")

@@ -48,10 +48,12 @@ def check_environment(names: list) -> None:
 
 
 class TensorBoardTracker:
-    def __init__(self, log_dir: str, **_):
+    def __init__(self, log_dir: str, config: dict, **_):
         from torch.utils.tensorboard import SummaryWriter
 
         self.writer = SummaryWriter(log_dir)
+        if config:  # the TEXT tab; config.json beside the events holds it too
+            self.writer.add_text("config", "```\n" + json.dumps(config, indent=2) + "\n```")
 
     def log(self, scalars: dict, step: int) -> None:
         for key, value in scalars.items():
@@ -150,15 +152,24 @@ class MlflowTracker:
     def close(self) -> None:
         import mlflow
 
-        mlflow.flush_async_logging()
-        self.client.set_terminated(self.run_id)
+        try:
+            mlflow.flush_async_logging()
+            self.client.set_terminated(self.run_id)
+        except Exception as e:  # the server gone at the end: metrics.jsonl and the checkpoints are written
+            print(f"warning: --report_to mlflow: could not finish run {self.run_id} ({e.__class__.__name__}: "
+                  f"{str(e)[:200]})", file=sys.stderr, flush=True)
 
 
 TRACKERS = {"tensorboard": TensorBoardTracker, "wandb": WandbTracker, "mlflow": MlflowTracker}
 
 
-def build(report_to: str, log_dir: str, project: str, name: str, config: dict, saved: Optional[dict]) -> dict:
-    """The trackers of --report_to by name; `saved` is MetricsLogger's state in the resumed checkpoint."""
-    saved = saved or {}
-    return {n: TRACKERS[n](log_dir=log_dir, project=project, name=name, config=config, state=saved.get(n, {}))
-            for n in names_of(report_to)}
+def build(cfg, log_dir: str, saved: Optional[dict] = None) -> dict:
+    """The trackers of cfg.report_to (TensorBoard alone without a cfg) by name; `saved` is MetricsLogger's state in
+    the resumed checkpoint. A run is named --run_name, else after its save_dir (each stage has its own)."""
+    if cfg is None:
+        return {"tensorboard": TensorBoardTracker(log_dir, config={})}
+    config = json.loads(cfg.to_json())
+    name = cfg.run_name or os.path.basename(os.path.normpath(os.path.abspath(cfg.save_dir)))
+    return {n: TRACKERS[n](log_dir=log_dir, project=cfg.project, name=name, config=config,
+                           state=(saved or {}).get(n, {}))
+            for n in names_of(cfg.report_to)}

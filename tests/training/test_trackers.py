@@ -208,5 +208,6 @@ def test_eval_figures_and_config_reach_every_tracker_local_stores(tokenizer_dir,
 
     events = EventAccumulator(str(tmp_path / "logs"))
     events.Reload()
+    assert "config/text_summary" in events.Tags()["tensors"]  # the config, in TensorBoard's TEXT tab
     assert [(e.step, pytest.approx(e.value)) for e in events.Scalars("eval/held/loss")] == [
         (s, evals[s]["eval/held/loss"]) for s in (1, 2)]
