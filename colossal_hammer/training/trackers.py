@@ -33,6 +33,13 @@ def names_of(report_to: str) -> list:
     return [n for n in names if n != "none"]
 
 
+def _positive_number(text: str) -> bool:
+    try:
+        return float(text) > 0
+    except ValueError:
+        return False
+
+
 def check_environment(names: list) -> None:
     """What the trackers' environment would refuse once training started, refused now (on every rank)."""
     from ..errors import InputError
@@ -41,6 +48,9 @@ def check_environment(names: list) -> None:
         if name in PINS and importlib.util.find_spec(name) is None:
             raise InputError(f"--report_to {name}: the {name} package is not installed; pip install {PINS[name]} "
                              "(or the project's [trackers] extra)")
+    timeout = os.environ.get("WANDB_INIT_TIMEOUT", "30")
+    if "wandb" in names and not _positive_number(timeout):
+        raise InputError(f"--report_to wandb: WANDB_INIT_TIMEOUT={timeout!r}: give seconds, a number > 0")
     mode = os.environ.get("WANDB_MODE")
     if "wandb" in names and mode is not None and mode not in WANDB_MODES:
         raise InputError(f"--report_to wandb: WANDB_MODE={mode!r} is not one of {', '.join(WANDB_MODES)}; set one "
@@ -79,19 +89,21 @@ class WandbTracker:
     def __init__(self, log_dir: str, project: str, name: str, config: dict, state: dict):
         import wandb
 
-        self.wandb = wandb
         mode = os.environ.get("WANDB_MODE") or ("online" if wandb_has_key(wandb.Settings().base_url) else "offline")
         # console off: W&B would wrap stdout/stderr, which train.py leaves through os._exit
         # init_timeout: how long an unreachable server may hold up the start before the run goes offline
         settings = dict(console="off", silent=True, x_disable_stats=True,
                         init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)))
-        init = dict(project=project, name=name, dir=log_dir, config=config, id=state.get("run_id"), resume="allow")
+        # allow_val_change: a resumed run may change settings (a new lr), which preflight has said in a note
+        init = dict(project=project, name=name, dir=log_dir, config=config, id=state.get("run_id"), resume="allow",
+                    allow_val_change=True)
         try:
             self.run = wandb.init(mode=mode, settings=wandb.Settings(**settings), **init)
         except Exception as e:  # W&B's own errors and the network's: the run goes on, logged offline
             if mode == "offline":
                 raise
-            print(f"warning: --report_to wandb: cannot start online ({e.__class__.__name__}: {e}); logging "
+            reason = (str(e).strip().splitlines() or [""])[0]  # W&B's messages run over several lines
+            print(f"warning: --report_to wandb: cannot start online ({e.__class__.__name__}: {reason}); logging "
                   f"offline to {log_dir}/wandb (upload later with `wandb sync`)", file=sys.stderr, flush=True)
             self.run = wandb.init(mode="offline", settings=wandb.Settings(**settings), **init)
 
