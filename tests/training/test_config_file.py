@@ -158,3 +158,41 @@ def test_resuming_with_a_changed_config_file_says_which_keys_differ(tmp_path):
     note = next(line for line in resumed["output"].splitlines() if line.startswith("note: resuming"))
     assert "max_steps 2 -> 3" in note and "lr 0.001 -> 0.0005" in note, note
     assert "tensorboard_dir" in note  # each run its own log folder here: said too
+
+
+def test_demo_configs_are_the_demos_own_commands(monkeypatch):
+    """examples/demo/NAME.yaml resolves to the config of the command the demo runs for NAME (at --scale full), for
+    the runs whose command needs nothing built first (base and dpo make their data in the same method)."""
+    from colossal_hammer.demo.pipeline import SCALES, Demo
+    from colossal_hammer.demo.post_training import PostTraining
+    from colossal_hammer.demo.upcycling import STEPS, Upcycling
+
+    demo = Demo(Path("demo_output"), SCALES["full"])
+    steps = {"stage1": demo.s.stage1_steps, "stage2": demo.s.stage2_steps, "sft": demo.s.sft_steps,
+             "sft_lora": demo.s.sft_steps, "continue_dense": STEPS["full"], "continue_moe": STEPS["full"]}
+    commands = {}
+
+    def run(*cmd):
+        cmd = [str(c) for c in cmd]
+        if "train.py" in cmd:
+            argv = cmd[cmd.index("train.py") + 1:]
+            commands[Path(argv[argv.index("--save_dir") + 1]).name] = argv
+        return '{"params": 1}'
+
+    monkeypatch.setattr(demo, "run", run)
+    monkeypatch.setattr(demo, "last_step", lambda name: demo.out / "ckpt" / name / f"step-{steps[name]}")
+    demo.stage1(), demo.stage2(), demo.sft()
+    PostTraining(demo, "full").sft_lora()
+    upcycling = Upcycling(demo, "full")
+    upcycling.dense()
+    monkeypatch.setattr(demo, "records", lambda name: [], raising=False)
+    try:
+        upcycling.moe()
+    except Exception:  # what follows its training command reads the run's records: the command is all we need
+        pass
+    assert sorted(commands) == ["continue_dense", "continue_moe", "sft", "sft_lora", "stage1", "stage2"]
+    assert STEPS["full"] == parse_config(["--config", str(REPO / "examples/demo/continue_moe.yaml")]).max_steps
+    for name, argv in commands.items():
+        demo_cfg = json.loads(parse_config(argv).to_json())
+        example = json.loads(parse_config(["--config", str(REPO / "examples" / "demo" / f"{name}.yaml")]).to_json())
+        assert example == demo_cfg, (name, {k: (example[k], demo_cfg[k]) for k in example if example[k] != demo_cfg[k]})
