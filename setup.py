@@ -20,6 +20,7 @@ INSTALL_REQUIRES = [
     "sentencepiece==0.2.3",
     "protobuf==7.36.2",
     "tensorboard==2.21.0",
+    "PyYAML==6.0.4",  # train.py --config FILE.yaml
     "safetensors==0.8.0",
     "accelerate==1.15.0",
     "zstandard==0.25.0",  # .jsonl.zst inputs
@@ -69,8 +70,11 @@ setup(
         # install beside our torch/transformers pins: measured with pip install --dry-run)
         # pytest-timeout: a hung gloo collective fails its test instead of stalling CI to its limit
         "test": ["pytest==9.2.0", "pytest-timeout==2.4.0", "openai==3.57.0", "selenium==4.51.0", "pexpect==4.9.0", "lm-eval==0.4.13",
-                 "trl==0.18.2",
+                 "trl==0.18.2", "wandb==0.31.0", "mlflow==3.18.0",
                  "tenacity==9.2.1"],  # lm-eval's API models (tests/serve: local-completions against the server)
+        # train.py --report_to wandb,mlflow (installed beside the pins above: pip install --dry-run changed none of
+        # torch, transformers, numpy, protobuf); the test extra has them too, for the tests' own mlflow server
+        "trackers": ["wandb==0.31.0", "mlflow==3.18.0"],
         "gpu": ["flash-attn"],  # GPU-only; SDPA is used where it is missing
     },
     entry_points={"console_scripts": ["colossal-hammer-train=colossal_hammer.entry:train"]},

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass
 from typing import List, Optional
 
+from ..training import config_file
 from ..training.config import TrainConfig, build_parser, flag
 from .devices import DEVICE_NAMES
 from .shapes import MOE_NOT_PLANNED
@@ -104,6 +105,4 @@ def layout_problem(cfg, world: int) -> Optional[str]:
 def parse(argv: Optional[List[str]] = None) -> PlanConfig:
     parser = build_parser(PlanConfig, prog="python -m colossal_hammer.plan", description="Plan a training run: memory per device, fit, speed, and the "
                                                   "command. Takes every train.py flag plus the cluster's.")
-    cfg = PlanConfig(**vars(parser.parse_args(argv)))
-    cfg.validate()
-    return cfg
+    return config_file.parse(PlanConfig, parser, argv)

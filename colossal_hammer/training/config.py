@@ -339,13 +339,22 @@ class LoggingSection:
     """What the run writes besides checkpoints."""
     SECTION = "logging"
 
-    tensorboard_dir: Optional[str] = flag(None, "TensorBoard logs; metrics.jsonl and config.json are written here too. "
+    tensorboard_dir: Optional[str] = flag(None, "Log folder: TensorBoard events, metrics.jsonl, config.json, run_info.json, and "
+                                              "W&B's offline files and MLflow's local store (--report_to). "
                                               "Default: SAVE_DIR/logs, so each stage has its own.")
+    report_to: str = flag("tensorboard", "Where the scalars, eval figures and config go besides metrics.jsonl: a comma-"
+                                         "separated list of tensorboard, wandb (offline without an API key; "
+                                         "WANDB_MODE wins), mlflow (MLFLOW_TRACKING_URI, else a SQLite store in the "
+                                         "log folder), or none. A resumed run continues the same W&B / MLflow run.")
+    project: str = flag("colossal_hammer", "W&B project and MLflow experiment of --report_to wandb/mlflow.")
+    run_name: Optional[str] = flag(None, "Name of the W&B / MLflow run (default: the --save_dir folder's name).")
     plan: bool = flag(False, "Print the plan of this run (memory per device, fit, speed: python -m colossal_hammer.plan, "
                            "which also takes --gpu --nodes --gpus_per_node --tokens ...) and exit without training.")
 
-    def check(self) -> None:
-        pass  # its default (SAVE_DIR/logs) needs the checkpoint section: TrainConfig.validate sets it
+    def check(self) -> None:  # tensorboard_dir's default (SAVE_DIR/logs) needs the checkpoint section: validate sets it
+        from .trackers import check_environment, names_of
+
+        check_environment(names_of(self.report_to))
 
 
 SECTIONS = (ModelSection, DataSection, TaskSection, EvalSection, ParallelSection, MoESection, OptimSection,
@@ -419,7 +428,7 @@ def build_parser(cls=TrainConfig, description: str = "", prog: Optional[str] = N
 
 
 def parse_config(argv: Optional[List[str]] = None) -> TrainConfig:
+    from . import config_file
+
     parser = build_parser(description="Continual pretraining / SFT of Llama models on Colossal-AI Booster plugins.")
-    cfg = TrainConfig(**vars(parser.parse_args(argv)))
-    cfg.validate()
-    return cfg
+    return config_file.parse(TrainConfig, parser, argv)

@@ -155,7 +155,8 @@ class Trainer:
             self._restore(self.resumed_from)
             self.last_saved = (self.step, self.resumed_from)
         self.metrics = MetricsLogger(cfg.tensorboard_dir, enabled=self.rank == 0,
-                                     resumed_step=self.step if self.resumed_from else None)
+                                     resumed_step=self.step if self.resumed_from else None, cfg=cfg,
+                                     resumed_from=self.resumed_from)
         if self.rank == 0:
             self._write_run_files()
 
@@ -163,7 +164,8 @@ class Trainer:
     def _running_states(self) -> dict:
         return {"epoch": self.epoch, "sampler": self.sampler.state_dict(), "data_parallel_size": self.layout.dp_size,
                 "config": json.loads(self.cfg.to_json()), "lora_base": self.lora_base,
-                "loss_scale": self.loss_scale.state_dict()}
+                "loss_scale": self.loss_scale.state_dict(),
+                "metrics": self.metrics.state_dict()}  # the W&B / MLflow run ids, on rank 0
 
     def _restore(self, path: str) -> None:
         states = self.checkpointer.load(path, self.model, self.optimizer, self.lr_scheduler)
@@ -194,6 +196,7 @@ class Trainer:
         run_info.update(world_size=dist.get_world_size(), data_parallel_size=self.layout.dp_size,
                         cpu_compat=compat.is_active(), autocast=str(self.autocast_dtype), num_params=self.num_params,
                         trainable_params=self.num_trainable, resumed_from=self.resumed_from, start_step=self.step)
+        run_info["config"] = json.loads(self.cfg.to_json())  # the resolved config: file, flags and defaults
         with open(os.path.join(self.cfg.tensorboard_dir, "run_info.json"), "w", encoding="utf-8") as f:
             json.dump(run_info, f, indent=2)
 

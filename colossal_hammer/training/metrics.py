@@ -1,4 +1,5 @@
-"""Per-step metrics: TensorBoard scalars for people, a JSON-lines file for scripts and tests."""
+"""Per-step metrics: a JSON-lines file for scripts and tests, and the same scalars to the trackers of --report_to
+(TensorBoard, W&B, MLflow: trackers.py) for people."""
 
 import json
 import math
@@ -44,28 +45,43 @@ def cut_back(path: str, step: int) -> list:
     return kept
 
 
+def _saved_state(checkpoint: Optional[str]) -> dict:
+    """MetricsLogger's state in a checkpoint's running_states.json ({} for none, or one from before trackers)."""
+    if not checkpoint:
+        return {}
+    with open(os.path.join(checkpoint, "running_states.json"), encoding="utf-8") as f:
+        return json.load(f).get("metrics", {})
+
+
 class MetricsLogger:
     SCALARS = ("loss", "lr", "grad_norm", "tokens_per_second", "padding_fraction", "mfu",
                "rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin",
                "router_aux_loss", "router_z_loss", "expert_load_cv")
 
-    def __init__(self, log_dir: str, enabled: bool = True, resumed_step: Optional[int] = None):
+    def __init__(self, log_dir: str, enabled: bool = True, resumed_step: Optional[int] = None, cfg=None,
+                 resumed_from: Optional[str] = None):
         """A new run starts metrics.jsonl anew; a resumed one keeps the records up to its checkpoint's step, so
-        the steps between that checkpoint and a crash, which it trains again, appear once."""
+        the steps between that checkpoint and a crash, which it trains again, appear once. The trackers of
+        cfg.report_to (TensorBoard alone without a cfg) get the same scalars; a resumed run continues their runs,
+        whose ids its checkpoint (`resumed_from`) keeps."""
         self.enabled = enabled
-        self.writer = None
+        self.trackers = {}
         self.file = None
         if not enabled:
             return
         os.makedirs(log_dir, exist_ok=True)
-        from torch.utils.tensorboard import SummaryWriter
+        from . import trackers
 
-        self.writer = SummaryWriter(log_dir)
+        self.trackers = trackers.build(cfg, log_dir, _saved_state(resumed_from))
         path = os.path.join(log_dir, "metrics.jsonl")
         kept = cut_back(path, resumed_step) if resumed_step is not None else []
         self.file = open(path, "w", encoding="utf-8")
         self.file.writelines(kept)
         self.file.flush()
+
+    def state_dict(self) -> dict:
+        """What a resumed run needs to continue each tracker's run (kept in the checkpoint's running states)."""
+        return {name: tracker.state_dict() for name, tracker in self.trackers.items()}
 
     def log(self, record: dict) -> None:
         if not self.enabled:
@@ -77,9 +93,9 @@ class MetricsLogger:
             scalars = {f"train/{k}": record[k] for k in self.SCALARS if k in record}
             for layer, shares in enumerate(record.get("expert_load", ())):  # MoE: tokens' share per expert
                 scalars.update({f"expert_load/layer_{layer}/expert_{e}": v for e, v in enumerate(shares)})
-        for key, value in scalars.items():
-            if math.isfinite(value):
-                self.writer.add_scalar(key, value, record["step"])
+        finite = {key: value for key, value in scalars.items() if math.isfinite(value)}
+        for tracker in self.trackers.values():
+            tracker.log(finite, record["step"])
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
@@ -92,6 +108,7 @@ class MetricsLogger:
     def close(self) -> None:
         """Flush and close; closing again does nothing."""
         if self.enabled:
-            self.writer.close()
-            self.file.close()
             self.enabled = False
+            self.file.close()
+            for tracker in self.trackers.values():
+                tracker.close()

@@ -33,6 +33,8 @@ LAYOUT_KEYS = ("plugin", "tp", "pp", "sp", "sp_mode", "zero_stage", "mixed_preci
                "rope_scaling", "rope_factor")
 # Adapter settings that change what the saved adapters compute: compared when the checkpoint is a LoRA run's.
 LORA_KEYS = ("lora_alpha", "lora_dropout")
+# How a run starts rather than what it trains: expected to differ from the checkpoint's.
+RESUME_KEYS = ("load_checkpoint", "resume", "overwrite_checkpoints", "plan")
 # Bytes per parameter of one checkpoint, at most: fp32 weights or bf16 weights + fp32 masters, two fp32 moments.
 CHECKPOINT_BYTES_PER_PARAM = 16
 
@@ -126,8 +128,12 @@ def check_same_run(path: str, cfg: TrainConfig, base: Optional[dict] = None) -> 
             return " ".join(f"--{k} {values.get(k)}" if values.get(k) is not None else f"no --{k}" for k in changed)
 
         was, now = flags(saved), flags(current)
-        fail(f"{path} was saved with {was}, this run has {now}: resume it with the same flags, or "
+        fail(f"{path} was saved with {was}, this run has {now}: resume it with the same flags (or config file), or "
              f"{new_stage_from(path)} and a new --save_dir")
+    differ = [k for k in current if k not in RESUME_KEYS and saved.get(k) != current.get(k)]
+    if differ:  # allowed (a new learning rate, more steps...), but never unnoticed
+        print(f"note: resuming {path} with settings changed since it was saved: "
+              + ", ".join(f"{k} {saved.get(k)!r} -> {current.get(k)!r}" for k in differ), flush=True)
 
 
 def choose_start(cfg: TrainConfig, base: Optional[dict] = None) -> Optional[str]:

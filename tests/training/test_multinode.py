@@ -126,8 +126,10 @@ def test_two_nodes_over_ssh_train_like_one_node_with_two_processes(ssh_home, tok
     assert info["world_size"] == 2
     two_nodes = [json.loads(line)["loss"] for line in (tmp_path / "logs" / "metrics.jsonl").read_text().splitlines()]
 
-    # the same flags as train.example.sh passes, on one node with two processes (torchrun)
-    reference = train(["--pretrained", model, "--dataset", tmp_path / "pt", "--plugin", "zero2", "--max_length", "64",
+    assert info["config"]["weight_decay"] == 0.01 and info["config"]["lr"] == 1e-3  # its config file, LR over it
+
+    # the same config and flags as train.example.sh passes, on one node with two processes (torchrun)
+    reference = train(["--config", REPO / "examples" / "cluster" / "colossal_llama2_7b.yaml", "--pretrained", model, "--dataset", tmp_path / "pt", "--plugin", "zero2", "--max_length", "64",
                        "--batch_size", "2", "--accumulation_steps", "1", "--lr", "1e-3", "--num_epochs", "1",
                        "--save_interval", "100", "--save_dir", tmp_path / "ref-ckpt", "--resume", "auto",
                        "--max_steps", "4", "--seed", "7"], tmp_path / "ref-logs")
