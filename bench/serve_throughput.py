@@ -28,7 +28,7 @@ def small_model(folder: str) -> str:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
     from colossal_hammer.data import corpora
-from colossal_hammer.demo import base_tokenizer
+    from colossal_hammer.demo import base_tokenizer
     from colossal_hammer.model.build import NAMED_CONFIGS
 
     base_tokenizer.build_base_tokenizer(corpora.english_paragraphs(), folder, vocab_size=2000)
