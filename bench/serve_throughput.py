@@ -16,6 +16,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -74,6 +75,35 @@ def run(url: str, concurrency: int, max_tokens: int, rounds: int, report: bool =
           f"({len(results)} requests, {generated} tokens, {seconds:.1f} s)", flush=True)
 
 
+@contextmanager
+def running_server(model: str, device: str = "cpu", log=None):
+    """`python -m colossal_hammer.serve` on a free port of 127.0.0.1, answering /health; yields its URL and
+    stops it on leaving. SystemExit with one line if it does not come up within 180 s."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    server = subprocess.Popen([sys.executable, "-m", "colossal_hammer.serve", "--model", model, "--port",
+                               str(port), "--device", device], env=env, cwd=REPO, stdout=log,
+                              stderr=subprocess.STDOUT if log else None)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise SystemExit("error: the server did not start")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=60)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default=None, help="Model folder to serve (default: a random 'small' Llama)")
@@ -82,32 +112,13 @@ def main() -> None:
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         model = args.model or small_model(tmp)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
-        server = subprocess.Popen([sys.executable, "-m", "colossal_hammer.serve", "--model", model, "--port",
-                                   str(port), "--device", "cpu"], env=env, cwd=REPO)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.time() + 120
-            while True:
-                try:
-                    if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    pass
-                if time.time() > deadline or server.poll() is not None:
-                    raise SystemExit("error: the server did not start")
-                time.sleep(0.5)
+        with running_server(model) as url:
             print(f"model: {model if args.model else 'random small Llama (hidden 256, 4 layers)'}; "
-                  f"{args.max_tokens} tokens per request, greedy, OMP_NUM_THREADS={env['OMP_NUM_THREADS']}")
+                  f"{args.max_tokens} tokens per request, greedy, "
+                  f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '1')}")
             run(url, 1, 4, 1, report=False)  # warm-up
             for concurrency in (1, 4, 16):
                 run(url, concurrency, args.max_tokens, args.rounds)
-        finally:
-            server.terminate()
-            server.wait(timeout=30)
 
 
 if __name__ == "__main__":
