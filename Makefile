@@ -56,12 +56,13 @@ bench: setup
 
 # Wheels for the lent GPU machine, which reaches no package registry (bench/gpu_check.sh installs them offline):
 # bench/gpu_bundle.txt for its Python 3.12 and manylinux, no dependencies (its image has them); colossalai 0.5.0
-# and contexttimer have only sdists, built here into pure-Python wheels (no CUDA kernels: those are built just in time there).
+# and contexttimer have only sdists, built here into pure-Python wheels (no CUDA kernels: those are built just in
+# time there), with the venv's torch and setuptools (--no-build-isolation).
 GPU_BUNDLE ?= gpu_bundle
 GPU_PLATFORMS := --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \
 	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 \
 	--platform manylinux_2_28_x86_64 --platform any
-gpu-bundle:
+gpu-bundle: setup
 	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)
 	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: $(GPU_PLATFORMS) -d $(GPU_BUNDLE) -r bench/gpu_bundle.txt
 	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(GPU_BUNDLE) $(COLOSSALAI) contexttimer==0.3.3
