@@ -16,6 +16,7 @@ Usage: python bench/gpu_check.py [--dry_run] [--out DIR] [--steps N] [--plugins 
 from __future__ import annotations
 
 import argparse
+import copy
 import importlib.util
 import json
 import math
@@ -48,9 +49,15 @@ TINYLLAMA = dict(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
                  rms_norm_eps=1e-5)
 TINYLLAMA_MOE = dict(TINYLLAMA, model_type="mixtral", num_hidden_layers=11, num_local_experts=4,
                      num_experts_per_tok=2)
-# The planner's device for a CUDA device name (substring) and its memory.
+# The planner's device for a CUDA device name (substring); A100s come in two memory sizes.
 PLANNER_GPUS = (("H200", "h200-141g"), ("H100", "h100-80g"), ("H800", "h800-80g"), ("A800", "a800-80g"),
                 ("L40S", "l40s-48g"), ("4090", "4090-24g"))
+
+
+def planner_gpu(name: str, memory_gib: float):
+    if "A100" in name:
+        return "a100-80g" if memory_gib > 60 else "a100-40g"
+    return next((g for k, g in PLANNER_GPUS if k in name), None)
 # What --dry_run trains: ddp is every loss's reference, and each precision runs once.
 DRY_ROWS = {("ddp", "bf16"), ("zero2", "fp16")}
 # Loss and gradient norm of a plugin against ddp at the same precision, after the same steps on the same data.
@@ -94,7 +101,7 @@ def machine(dry_run: bool) -> dict:
     return dict(cuda=cuda, gpus=gpus, name=name, memory_gib=memory, torch=torch.__version__,
                 flash_attn=cuda and importlib.util.find_spec("flash_attn") is not None,
                 bitsandbytes=cuda and importlib.util.find_spec("bitsandbytes") is not None,
-                planner_gpu=next((g for k, g in PLANNER_GPUS if k in name), None) if cuda else "cpu")
+                planner_gpu=planner_gpu(name, memory) if cuda else "cpu")
 
 
 def shape(m: dict, out: Path) -> dict:
@@ -105,7 +112,8 @@ def shape(m: dict, out: Path) -> dict:
     moe = out / "tinyllama_moe.json"
     moe.write_text(json.dumps(TINYLLAMA_MOE))
     if m["gpus"] >= 4 and m["memory_gib"] >= 75:
-        return dict(name="llama2-7b", dense="llama2-7b", moe=str(moe), max_length=4096, batch_size=1,
+        # batch 2: the 3d pp 2 row needs 2 micro-batches, and every row trains on the same batches as ddp
+        return dict(name="llama2-7b", dense="llama2-7b", moe=str(moe), max_length=4096, batch_size=2,
                     nproc=min(m["gpus"], 8))
     dense = out / "tinyllama.json"
     dense.write_text(json.dumps(TINYLLAMA))
@@ -429,9 +437,10 @@ class Check:
             rows.append({"input_ids": ids, "labels": ids, "doc_lengths": doc_lengths, "num_padding": 0})
         batch = PackedCollator(pad_id=0)(rows)
 
-        def model_with(implementation):
-            config._attn_implementation = implementation
-            return AutoModelForCausalLM.from_config(config, torch_dtype=dtype).to(device).eval()
+        def model_with(implementation):  # a config of its own: HF reads the implementation from it at each call
+            with torch.device(device):
+                return AutoModelForCausalLM.from_config(copy.deepcopy(config), torch_dtype=dtype,
+                                                        attn_implementation=implementation).eval()
 
         sdpa = model_with("sdpa")
         state = sdpa.state_dict()
