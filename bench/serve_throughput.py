@@ -23,6 +23,7 @@ import sys
 import tempfile
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -128,24 +129,33 @@ def bench_server(url: str, prompts, max_tokens: int):
     return sum(n for _, n in results), seconds, [t for t, _ in results]
 
 
-def start_server(model: str, env: dict):
+@contextmanager
+def running_server(model: str, device: str = "cpu", log=None, max_batch_size: int = max(CONCURRENCY)):
+    """`python -m colossal_hammer.serve` on a free port of 127.0.0.1, answering /health; yields its URL and
+    stops it on leaving. SystemExit with one line if it does not come up within 180 s."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     server = subprocess.Popen([sys.executable, "-m", "colossal_hammer.serve", "--model", model, "--port", str(port),
-                               "--device", "cpu", "--max_batch_size", str(max(CONCURRENCY))], env=env, cwd=REPO)
+                               "--device", device, "--max_batch_size", str(max_batch_size)], env=env, cwd=REPO,
+                              stdout=log, stderr=subprocess.STDOUT if log else None)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while True:
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return server, url
-        except httpx.HTTPError:
-            pass
-        if time.time() > deadline or server.poll() is not None:
-            server.terminate()
-            raise SystemExit("error: the server did not start")
-        time.sleep(0.5)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.time() > deadline or server.poll() is not None:
+                raise SystemExit("error: the server did not start")
+            time.sleep(0.5)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def main() -> None:
@@ -171,31 +181,34 @@ def main() -> None:
               f"{args.max_tokens} greedy tokens per request, {args.rounds} rounds, OMP_NUM_THREADS={threads}")
         bench_generate(model, tokenizer, ids[1, 0], 4)  # warm-ups
         engine = Engine(model, tokenizer, loading.eos_ids(model, tokenizer), max(CONCURRENCY)).start()
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": threads}
-        server, url = start_server(model_dir, env)
-        runs = {"generate": lambda c, r: bench_generate(model, tokenizer, ids[c, r], args.max_tokens),
-                "engine": lambda c, r: bench_engine(engine, ids[c, r], args.max_tokens),
-                "server": lambda c, r: bench_server(url, questions(c, r), args.max_tokens)}
-        totals = {(name, c): [0, 0.0, []] for name in runs for c in CONCURRENCY}
-        try:
-            bench_engine(engine, ids[1, 0], 4)
-            bench_server(url, questions(1, 0), 4)
-            # interleaved round by round: on a machine others share, load changes by the minute
-            for c in CONCURRENCY:
-                for r in range(args.rounds):
-                    for name, run in runs.items():
-                        n, s, t = run(c, r)
-                        total = totals[name, c]
-                        total[0], total[1], total[2] = total[0] + n, total[1] + s, total[2] + t
-        finally:
-            engine.stop()
-            server.terminate()
-            server.wait(timeout=30)
+        with running_server(model_dir) as url:
+            totals = interleaved(model, tokenizer, engine, url, ids, args)
         rates = {key: report(key[0], key[1], *total) for key, total in totals.items()}
         for c in CONCURRENCY:
             print(f"concurrency {c:2d}: engine/generate {rates['engine', c] / rates['generate', c]:.2f}x, "
                   f"server/generate {rates['server', c] / rates['generate', c]:.2f}x, "
                   f"server/engine {rates['server', c] / rates['engine', c]:.2f}x", flush=True)
+
+
+def interleaved(model, tokenizer, engine, url, ids, args) -> dict:
+    """{(runner, concurrency): [tokens, seconds, first-token times]} over every round, runners taking turns."""
+    runs = {"generate": lambda c, r: bench_generate(model, tokenizer, ids[c, r], args.max_tokens),
+            "engine": lambda c, r: bench_engine(engine, ids[c, r], args.max_tokens),
+            "server": lambda c, r: bench_server(url, questions(c, r), args.max_tokens)}
+    totals = {(name, c): [0, 0.0, []] for name in runs for c in CONCURRENCY}
+    try:
+        bench_engine(engine, ids[1, 0], 4)
+        bench_server(url, questions(1, 0), 4)
+        # interleaved round by round: on a machine others share, load changes by the minute
+        for c in CONCURRENCY:
+            for r in range(args.rounds):
+                for name, run in runs.items():
+                    n, s, t = run(c, r)
+                    total = totals[name, c]
+                    total[0], total[1], total[2] = total[0] + n, total[1] + s, total[2] + t
+    finally:
+        engine.stop()
+    return totals
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ import os
 from typing import Optional
 
 # Dense bf16 peak TFLOPS of common training GPUs, by a substring of torch.cuda.get_device_name().
-KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "4090": 165.0}
+KNOWN_PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "H800": 989.0, "A100": 312.0, "A800": 312.0, "L40S": 362.0, "4090": 165.0}
 
 
 def training_flops(config, num_params: int, tokens: float, pairs: float) -> float:
@@ -26,6 +26,18 @@ def peak_tflops(given: Optional[float], device) -> Optional[float]:
         name = torch.cuda.get_device_name(device)
         return next((v for k, v in KNOWN_PEAK_TFLOPS.items() if k in name), None)
     return None
+
+
+def memory_peak() -> dict:
+    """This process's memory high-water mark so far: the CUDA allocator's (what the planner predicts per
+    device) once CUDA is in use, else the host's maximum resident set (Linux counts ru_maxrss in KiB)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        return {"peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30}
+    import resource
+
+    return {"peak_host_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20}
 
 
 def cut_back(path: str, step: int) -> list:
@@ -96,6 +108,8 @@ class MetricsLogger:
         finite = {key: value for key, value in scalars.items() if math.isfinite(value)}
         for tracker in self.trackers.values():
             tracker.log(finite, record["step"])
+        if record.get("kind") != "eval":  # the logging rank's peak so far (bench/gpu_check.py reads it)
+            record = {**record, **memory_peak()}
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
 
