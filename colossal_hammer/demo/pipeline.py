@@ -103,11 +103,19 @@ WEIGHTS = {
 }
 
 
+# glibc hands every allocation above its mmap threshold (at most 32 MB) fresh pages from the kernel and gives
+# them back when freed, so a training step's large tensors (full scale: 74 MB of logits, their gradient,
+# ...) are page-faulted and zeroed again every step: ~90,000 page faults a step, 1.5 s of system time
+# per 4 s of user time in bench/malloc_page_faults.py. Served from the heap and kept, they are reused:
+# system time ~0.1 s per 4 s. The demo's models are small, so the heap's peak staying mapped costs little.
+MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+
+
 class Demo:
     def __init__(self, out: Path, scale: Scale):
         self.out = out
         self.s = scale
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **MALLOC}
         self.log = []
 
     def run(self, *cmd) -> str:
@@ -242,9 +250,12 @@ class Demo:
     def sft(self) -> None:
         self.train("sft", ["--load_weights_only", self.last_step("stage2")], self.out / "data" / "sft", self.s.sft_steps,
                    5e-4, "--use_neft", "--padding_mode", "longest")
+        # exported now: post-training scores it on the validation questions
+        self.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", self.last_step("sft"),
+                 "--output_dir", self.out / "models" / "sft")
 
     def export(self) -> None:
-        for name in ("stage1", "stage2", "sft"):
+        for name in ("stage1", "stage2"):
             self.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", self.last_step(name),
                      "--output_dir", self.out / "models" / name)
 
@@ -364,8 +375,22 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--output_dir", default="demo_output")
+    p.add_argument("--lora_lrs", default=None, type=learning_rates,
+                   help="Comma-separated learning rates for the LoRA SFT: one run each, the best on the validation "
+                        "questions kept (default: the scale's one, demo/post_training.py POST_SCALES)")
     a = p.parse_args(argv)
-    return run_cli(lambda: run_demo(Path(check_output(a.output_dir, "--output_dir", [])).resolve(), a.scale))
+    return run_cli(lambda: run_demo(Path(check_output(a.output_dir, "--output_dir", [])).resolve(), a.scale,
+                                    a.lora_lrs))
+
+
+def learning_rates(text: str) -> list:
+    try:
+        lrs = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers separated by commas, e.g. 1e-3,5e-3")
+    if not lrs or any(not lr > 0 for lr in lrs) or len(set(lrs)) != len(lrs):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct positive numbers separated by commas")
+    return lrs
 
 
 MARKER = ".colossal_hammer_demo"  # says the folder is the demo's own output, which a new run may replace
@@ -386,12 +411,14 @@ def prepare_output(out: Path) -> None:
     (out / MARKER).write_text("written by python -m colossal_hammer.demo; a new demo run clears this folder\n")
 
 
-def run_demo(out: Path, scale: str) -> dict:
+def run_demo(out: Path, scale: str, lora_lrs: list = None) -> dict:
     prepare_output(out)
     demo = Demo(out, SCALES[scale])
-    demo.post = PostTraining(demo, scale)
+    demo.post = PostTraining(demo, scale, lora_lrs)
     demo.upcycling = Upcycling(demo, scale)
-    progress = Progress(WEIGHTS[scale])
+    weights = dict(WEIGHTS[scale])
+    weights["sft lora"] *= len(demo.post.lora_lrs)
+    progress = Progress(weights)
     steps = {"corpus": demo.corpus, "base model": demo.base, "tokenizer": demo.extend, "datasets": demo.datasets,
              "stage 1": demo.stage1, "stage 2": demo.stage2, "sft": demo.sft, "sft lora": demo.post.sft_lora,
              "dpo": demo.post.dpo, "continue dense": demo.upcycling.dense, "continue moe": demo.upcycling.moe,
@@ -406,10 +433,12 @@ def run_demo(out: Path, scale: str) -> dict:
     progress.stage("report", STAGES["report"])
     demo.report(results)
     print(f"\nbits per byte on held-out text: {json.dumps(results)}")
-    results.update(demo.post.figures)  # accuracy, dpo, lora (after the report: its table reads only stages)
+    # accuracy, dpo, lora[, lora_lr_choice] (after the report: its table reads only stages)
+    results.update(demo.post.figures)
     results["moe"] = demo.upcycling.figures
     print(f"category accuracy on held-out headlines: {json.dumps(demo.post.figures['accuracy'])}")
     print(f"LoRA SFT: {json.dumps(demo.post.figures['lora'])}")
+    print(f"DPO: {json.dumps(demo.post.figures['dpo'], ensure_ascii=False)}")
     print(f"MoE continuation: {json.dumps({k: v for k, v in demo.upcycling.figures.items() if k != 'expert_load'})}")
     print(f"report: {out / 'report.md'} ({progress.finish():.0f} s in all)")
     print(f"talk to the SFT model (page on http://127.0.0.1:8000/, OpenAI API on /v1):\n"
