@@ -54,7 +54,7 @@ def test_quick_start_at_test_scale(tmp_path, capsys):
     assert dpo["categories"] == sorted(c for c, k in dpo["sft_validation_errors"].items() if k)
     prompts = [json.loads(line)["prompt"] for line in
                (tmp_path / "demo" / "corpus" / "dpo" / "pairs.jsonl").read_text().splitlines()]
-    assert not {p.split("？", 1)[1] for p in prompts} & set(questions["validation"]) | set(questions["category"])
+    assert not {p.split("？", 1)[1] for p in prompts} & (set(questions["validation"]) | set(questions["category"]))
     # LoRA's learning rate: one run per candidate, the best on validation kept and scored on held-out
     choice = results["lora_lr_choice"]
     assert set(choice["lora"]) == {"0.002", "0.005"} and choice["validation_n"] == dpo["validation_n"]
