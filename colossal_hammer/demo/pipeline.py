@@ -12,12 +12,13 @@ how long it has run and about how long is left, and train.py's progress bar):
  3. init_embeddings for the new vocabulary;
  4. prepare_pretrain_dataset.py (Chinese news by category + English replay), prepare_sft_dataset.py;
  5. stage 1 (embeddings and lm_head only) → stage 2 (full) → SFT with NEFTune → the same SFT with LoRA
-    adapters → DPO on the SFT model (right vs wrong category on unseen headlines; demo/post_training.py) →
+    adapters (--lora_lrs: one per learning rate, the best on validation headlines kept) → DPO on the SFT
+    model (right vs confused category on unseen headlines, the confusions measured on validation
+    headlines; demo/post_training.py) → category accuracy on held-out headlines (demo/accuracy.py) →
     stage 2 continued a few steps more, dense beside upcycled to a 4-expert MoE trained with expert
     parallelism (demo/upcycling.py), every training run scoring held-out Chinese and English as it goes
     (train.py --eval_dataset);
- 6. export each stage, bits per byte on held-out Chinese and English, inference_example.py, category
-    accuracy on held-out headlines (demo/accuracy.py);
+ 6. export each stage, bits per byte on held-out Chinese and English, inference_example.py;
  7. report.md + loss curves, held-out curves through all stages and bits-per-byte plots.
 """
 
@@ -85,21 +86,21 @@ STAGES = {
     "stage 2": "train everything, English replay at half weight",
     "sft": "train on Q/A conversations with NEFTune",
     "sft lora": "the same SFT with LoRA adapters, then export merged",
-    "dpo": "DPO on the SFT model: right vs wrong category on unseen headlines",
+    "dpo": "DPO on the SFT model: right vs confused category on unseen headlines",
+    "export": "export stages 1 and 2 as HF folders",
+    "accuracy": "category accuracy on held-out headlines; LoRA figures",
     "continue dense": "stage 2's model, a few steps more on its data (zero2)",
     "continue moe": "stage 2 upcycled to 4 experts (top-2), the same steps with --plugin moe --ep 2",
-    "export": "export each stage as an HF folder",
     "evaluate": "bits per byte on held-out text, inference_example.py",
-    "accuracy": "category accuracy on held-out headlines; LoRA figures",
     "report": "report.md and report.png",
 }
 WEIGHTS = {
     "test": {"corpus": 1, "base model": 75, "tokenizer": 42, "datasets": 14, "stage 1": 40, "stage 2": 70,
-             "sft": 40, "sft lora": 45, "dpo": 70, "continue dense": 38, "continue moe": 75, "export": 57,
-             "evaluate": 250, "accuracy": 65, "report": 5},
+             "sft": 40, "sft lora": 45, "dpo": 70, "export": 57, "accuracy": 65, "continue dense": 38,
+             "continue moe": 75, "evaluate": 250, "report": 5},
     "full": {"corpus": 1, "base model": 200, "tokenizer": 18, "datasets": 18, "stage 1": 65, "stage 2": 275,
-             "sft": 65, "sft lora": 56, "dpo": 204, "continue dense": 50, "continue moe": 85, "export": 17,
-             "evaluate": 150, "accuracy": 82, "report": 2},
+             "sft": 65, "sft lora": 56, "dpo": 204, "export": 17, "accuracy": 82, "continue dense": 50,
+             "continue moe": 85, "evaluate": 150, "report": 2},
 }
 
 
@@ -421,24 +422,19 @@ def run_demo(out: Path, scale: str, lora_lrs: list = None) -> dict:
     progress = Progress(weights)
     steps = {"corpus": demo.corpus, "base model": demo.base, "tokenizer": demo.extend, "datasets": demo.datasets,
              "stage 1": demo.stage1, "stage 2": demo.stage2, "sft": demo.sft, "sft lora": demo.post.sft_lora,
-             "dpo": demo.post.dpo, "continue dense": demo.upcycling.dense, "continue moe": demo.upcycling.moe,
-             "export": demo.export}
+             "dpo": demo.post.dpo, "export": demo.export, "accuracy": demo.post.accuracy,
+             "continue dense": demo.upcycling.dense, "continue moe": demo.upcycling.moe}
     for name, step in steps.items():
         progress.stage(name, STAGES[name])
         step()
     progress.stage("evaluate", STAGES["evaluate"])
     results = demo.evaluate()
-    progress.stage("accuracy", STAGES["accuracy"])
-    demo.post.accuracy()
     progress.stage("report", STAGES["report"])
     demo.report(results)
     print(f"\nbits per byte on held-out text: {json.dumps(results)}")
     # accuracy, dpo, lora[, lora_lr_choice] (after the report: its table reads only stages)
     results.update(demo.post.figures)
     results["moe"] = demo.upcycling.figures
-    print(f"category accuracy on held-out headlines: {json.dumps(demo.post.figures['accuracy'])}")
-    print(f"LoRA SFT: {json.dumps(demo.post.figures['lora'])}")
-    print(f"DPO: {json.dumps(demo.post.figures['dpo'], ensure_ascii=False)}")
     print(f"MoE continuation: {json.dumps({k: v for k, v in demo.upcycling.figures.items() if k != 'expert_load'})}")
     print(f"report: {out / 'report.md'} ({progress.finish():.0f} s in all)")
     print(f"talk to the SFT model (page on http://127.0.0.1:8000/, OpenAI API on /v1):\n"

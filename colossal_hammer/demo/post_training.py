@@ -137,6 +137,7 @@ class PostTraining:
                                "sft_validation_accuracy": sft["accuracy"], "validation_n": sft["n"],
                                "sft_validation_errors": errors,
                                "categories": sorted(c for c in parts.dpo if errors.get(c))}
+        print(f"DPO: {json.dumps(self.figures['dpo'], ensure_ascii=False)}", flush=True)
 
     def accuracy(self) -> None:
         """Category accuracy of each model; bits per byte and size figures of the LoRA variant."""
@@ -164,6 +165,8 @@ class PostTraining:
             "adapter_bytes": size(self.out / "models" / "sft_lora_adapter", "adapter_model*.safetensors"),
             "full_model_bytes": size(self.out / "models" / "sft", "*.safetensors"),
             "zh": bpb["category:zh"]["bits_per_byte"], "en": bpb["category:en"]["bits_per_byte"]}
+        print(f"category accuracy on held-out headlines: {json.dumps(self.figures['accuracy'])}", flush=True)
+        print(f"LoRA SFT: {json.dumps(self.figures['lora'])}", flush=True)
 
     def markdown(self, bits_per_byte: dict) -> str:
         """report.md's section: accuracy per model with chance, the DPO run, LoRA against full SFT."""
