@@ -28,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shlex
 import shutil
 import subprocess
@@ -123,14 +124,15 @@ class Demo:
         cmd = [str(c) for c in cmd]
         shown = " ".join(shlex.quote(c) for c in cmd).replace(sys.executable, "python")
         print(f"$ {shown}", flush=True)
-        start = time.time()
+        start, used = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
         # Output is kept (shown in full only if the step fails); its progress bars are shown as they come.
         proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         output = relay(proc.stdout)
         if proc.wait():
             print(output[-5000:])
             raise InputError(f"demo step failed: {shown}")
-        self.log.append((shown, time.time() - start))
+        now = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command's processes, torchrun's ranks included
+        self.log.append((shown, time.time() - start, now.ru_utime - used.ru_utime, now.ru_stime - used.ru_stime))
         return output
 
     def torchrun(self, *args) -> str:
@@ -329,7 +331,9 @@ class Demo:
         ends = {n: [r for r in self.records(n) if r.get("kind") == "eval"][-1] for n in names}
         in_training = "\n".join(f"| {n} | {ends[n]['step']} | {ends[n]['eval/heldout/zh/bpb']:.4f} | "
                                  f"{ends[n]['eval/heldout/en/bpb']:.4f} |" for n in names)
-        steps = "\n".join(f"- `{cmd}` ({seconds:.0f} s)" for cmd, seconds in self.log)
+        steps = "\n".join(f"- `{cmd}` ({seconds:.0f} s; CPU: user {user:.0f} s, system {system:.0f} s)"
+                          for cmd, seconds, user, system in self.log)
+        cpu = f"{sum(r[2] for r in self.log):.0f} s user, {sum(r[3] for r in self.log):.0f} s system"
         (self.out / "report.md").write_text(f"""# colossal_hammer quick start report
 
 ![loss curves and bits per byte](report.png)
@@ -367,6 +371,8 @@ figures run a little apart from the exports' above). The middle plot shows them 
 {self.upcycling.markdown(results) if hasattr(self, "upcycling") else ""}
 
 ## Commands run
+
+In all {sum(r[1] for r in self.log):.0f} s; CPU time of their processes: {cpu}.
 
 {steps}
 """, encoding="utf-8")
