@@ -62,17 +62,18 @@ class PostTraining:
               "--output", output)
         return json.loads(output.read_text())
 
-    def validation(self, models: dict) -> dict:
-        """Category accuracy (and confusion) on the validation questions, written once per demo run."""
+    def validation(self, models: dict, tag: str) -> dict:
+        """Category accuracy (and confusion) on the validation questions (written once per demo run), to
+        validation_{tag}.json."""
         questions = self.out / "corpus" / "validation_questions.jsonl"
         if not questions.is_file():
             categories, parts = self._split()
             write_questions(questions, parts.validation, categories, seed=2)
-        return self.score(questions, models, self.out / f"validation_{'_'.join(models)}.json")
+        return self.score(questions, models, self.out / f"validation_{tag}.json")
 
     def sft_validation(self) -> dict:
         if not hasattr(self, "_sft_validation"):
-            self._sft_validation = self.validation({"sft": "sft"})["sft"]
+            self._sft_validation = self.validation({"sft": "sft"}, "sft")["sft"]
         return self._sft_validation
 
     def sft_lora(self) -> None:
@@ -88,8 +89,8 @@ class PostTraining:
                 self._train_lora(name, lr)
                 d.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", d.last_step(name),
                       "--output_dir", self.out / "models" / name, "--merge_lora")
-            report = self.validation({name: name for name in runs})
-            sft = self.sft_validation()
+            report = self.validation({"sft": "sft", **{name: name for name in runs}}, "lora_lrs")
+            sft = self._sft_validation = report["sft"]
             self.lora_run = max(runs, key=lambda name: (report[name]["accuracy"], -runs[name]))
             self.figures["lora_lr_choice"] = {
                 "validation_n": sft["n"], "sft": sft["accuracy"], "chosen": runs[self.lora_run],
