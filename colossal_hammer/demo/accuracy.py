@@ -108,8 +108,8 @@ def main(argv=None) -> dict:
             if not sep:
                 raise InputError(f"--model {spec}: give NAME=DIR")
             report[name] = score(folder, questions, template)
-            print(f"{name}: category accuracy {report[name]['accuracy']:.4f} on {len(questions)} held-out "
-                  f"headlines (chance {report['chance']:.2f})", flush=True)
+            print(f"{name}: category accuracy {report[name]['accuracy']:.4f} on {len(questions)} headlines of "
+                  f"{a.data} (chance {report['chance']:.2f})", flush=True)
         if a.output:
             write_json(a.output, report)
         return report

@@ -111,13 +111,18 @@ WEIGHTS = {
 # per 4 s of user time in bench/malloc_page_faults.py. Served from the heap and kept, they are reused:
 # system time ~0.1 s per 4 s. The demo's models are small, so the heap's peak staying mapped costs little.
 MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+# One thread per process, as torchrun gives each training rank: the single-process commands (scoring, export,
+# evaluation) on a tiny model gain nothing from a second thread, whose OpenMP spin-waiting costs CPU:
+# `python -m colossal_hammer.demo.accuracy` on 100 questions, test scale, this 2-core CPU under load:
+# 6.4 s user with OMP_NUM_THREADS=1 against 21.1 s with 2 (64 s against 116 s wall).
+THREADS = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
 class Demo:
     def __init__(self, out: Path, scale: Scale):
         self.out = out
         self.s = scale
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **MALLOC}
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **MALLOC, **THREADS}
         self.log = []
 
     def run(self, *cmd) -> str:
