@@ -95,7 +95,9 @@ def main(argv=None) -> dict:
     p.add_argument("--data", required=True, help="Questions jsonl in eval.choice's layout (write_questions)")
     p.add_argument("--sft_dataset", required=True, help="The SFT's prepared dataset: its manifest's chat template")
     p.add_argument("--model", nargs="+", required=True, help="NAME=DIR, HF folders with their tokenizers")
-    p.add_argument("--output", default=None, help="Also write {NAME: {accuracy, n, predictions, confusion}, chance} as JSON (confusion: right category -> {wrongly chosen category: count})")
+    p.add_argument("--output", default=None,
+                   help="Also write {NAME: {accuracy, n, predictions, confusion}, chance} as JSON (confusion: "
+                        "right category -> {wrongly chosen category: count})")
     a = p.parse_args(argv)
 
     def body():
