@@ -46,19 +46,22 @@ class Splits:
 
 
 def splits(news: Dict[str, List[str]], n: int, dpo_per_category: int) -> Splits:
-    # The package repeats some texts: a headline seen in an earlier part is dropped from the later parts.
-    trained = {headline(t) for texts in news.values() for t in texts[: n + SFT_PER_CATEGORY]}
-    out = Splits({}, {}, {})
+    # The package repeats some texts, within and across categories: a headline of an earlier part (of any
+    # category) is dropped from the later parts; held-out first, then validation, then DPO.
+    seen = {headline(t) for texts in news.values() for t in texts[: n + SFT_PER_CATEGORY]}
+    bounds = {}
     for category in sorted(news):
-        texts = news[category]
-        start, stop = n + SFT_PER_CATEGORY, len(texts) - HELDOUT_PER_CATEGORY
-        middle = start + VALIDATION_PER_CATEGORY
-        if stop > middle:
-            out.heldout[category] = [t for t in texts[stop:] if headline(t) not in trained]
-            seen = trained | {headline(t) for t in out.heldout[category]}
-            out.validation[category] = [t for t in texts[start:middle] if headline(t) not in seen]
-            seen |= {headline(t) for t in out.validation[category]}
-            out.dpo[category] = [t for t in texts[middle:stop] if headline(t) not in seen][:dpo_per_category]
+        start, stop = n + SFT_PER_CATEGORY, len(news[category]) - HELDOUT_PER_CATEGORY
+        if stop > start + VALIDATION_PER_CATEGORY:
+            bounds[category] = (slice(stop, None), slice(start, start + VALIDATION_PER_CATEGORY),
+                                slice(start + VALIDATION_PER_CATEGORY, stop))
+    out = Splits({}, {}, {})
+    for i, part in enumerate((out.heldout, out.validation, out.dpo)):
+        for category, cuts in bounds.items():
+            part[category] = [t for t in news[category][cuts[i]] if headline(t) not in seen]
+        seen |= {headline(t) for texts in part.values() for t in texts}
+    for category in out.dpo:
+        out.dpo[category] = out.dpo[category][:dpo_per_category]
     return out
 
 

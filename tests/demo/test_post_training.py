@@ -28,6 +28,11 @@ def test_validation_dpo_and_heldout_texts_are_disjoint_from_training_and_each_ot
             assert set(parts.heldout[category]) <= set(sentences[-preference.HELDOUT_PER_CATEGORY:])
             assert len(parts.heldout[category]) >= 30 and len(parts.validation[category]) >= 30
             assert len(parts.dpo[category]) == 60
+    # and across categories: the package repeats a few texts under two categories
+    everyone = {name: [preference.headline(t) for ts in getattr(parts, name).values() for t in ts]
+                for name in ("validation", "dpo", "heldout")}
+    assert not set(everyone["dpo"]) & (set(everyone["validation"]) | set(everyone["heldout"]))
+    assert not set(everyone["validation"]) & set(everyone["heldout"])
     # 时尚 has 563 texts: at n = 700 all but its SFT questions were pretrained on, so it gives no later part
     assert ("时尚" in parts.heldout) == ("时尚" in parts.validation) == ("时尚" in parts.dpo) == (n == 200)
     assert len(parts.heldout) >= 9
