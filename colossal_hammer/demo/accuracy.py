@@ -77,7 +77,17 @@ def score(model_dir: str, questions: List[benchmark.Question], template: str, ba
     chosen = [pick(flat[i * k:(i + 1) * k], q, "letter") for i, q in enumerate(questions)]
     right = sum(c == q.answer for c, q in zip(chosen, questions))
     return {"accuracy": right / len(questions), "n": len(questions),
-            "predictions": "".join(LETTERS[c] for c in chosen)}
+            "predictions": "".join(LETTERS[c] for c in chosen), "confusion": confusion(questions, chosen)}
+
+
+def confusion(questions: List[benchmark.Question], chosen: List[int]) -> Dict[str, Dict[str, int]]:
+    """right category -> {wrongly chosen category: count}: which categories the model takes for which."""
+    out: Dict[str, Dict[str, int]] = {}
+    for q, c in zip(questions, chosen):
+        if c != q.answer:
+            row = out.setdefault(q.choices[q.answer], {})
+            row[q.choices[c]] = row.get(q.choices[c], 0) + 1
+    return out
 
 
 def main(argv=None) -> dict:
@@ -85,7 +95,9 @@ def main(argv=None) -> dict:
     p.add_argument("--data", required=True, help="Questions jsonl in eval.choice's layout (write_questions)")
     p.add_argument("--sft_dataset", required=True, help="The SFT's prepared dataset: its manifest's chat template")
     p.add_argument("--model", nargs="+", required=True, help="NAME=DIR, HF folders with their tokenizers")
-    p.add_argument("--output", default=None, help="Also write {NAME: {accuracy, n, predictions}, chance} as JSON")
+    p.add_argument("--output", default=None,
+                   help="Also write {NAME: {accuracy, n, predictions, confusion}, chance} as JSON (confusion: "
+                        "right category -> {wrongly chosen category: count})")
     a = p.parse_args(argv)
 
     def body():
@@ -98,8 +110,8 @@ def main(argv=None) -> dict:
             if not sep:
                 raise InputError(f"--model {spec}: give NAME=DIR")
             report[name] = score(folder, questions, template)
-            print(f"{name}: category accuracy {report[name]['accuracy']:.4f} on {len(questions)} held-out "
-                  f"headlines (chance {report['chance']:.2f})", flush=True)
+            print(f"{name}: category accuracy {report[name]['accuracy']:.4f} on {len(questions)} headlines of "
+                  f"{a.data} (chance {report['chance']:.2f})", flush=True)
         if a.output:
             write_json(a.output, report)
         return report

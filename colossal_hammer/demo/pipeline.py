@@ -12,12 +12,13 @@ how long it has run and about how long is left, and train.py's progress bar):
  3. init_embeddings for the new vocabulary;
  4. prepare_pretrain_dataset.py (Chinese news by category + English replay), prepare_sft_dataset.py;
  5. stage 1 (embeddings and lm_head only) → stage 2 (full) → SFT with NEFTune → the same SFT with LoRA
-    adapters → DPO on the SFT model (right vs wrong category on unseen headlines; demo/post_training.py) →
+    adapters (--lora_lrs: one per learning rate, the best on validation headlines kept) → DPO on the SFT
+    model (right vs confused category on unseen headlines, the confusions measured on validation
+    headlines; demo/post_training.py) → category accuracy on held-out headlines (demo/accuracy.py) →
     stage 2 continued a few steps more, dense beside upcycled to a 4-expert MoE trained with expert
     parallelism (demo/upcycling.py), every training run scoring held-out Chinese and English as it goes
     (train.py --eval_dataset);
- 6. export each stage, bits per byte on held-out Chinese and English, inference_example.py, category
-    accuracy on held-out headlines (demo/accuracy.py);
+ 6. export each stage, bits per byte on held-out Chinese and English, inference_example.py;
  7. report.md + loss curves, held-out curves through all stages and bits-per-byte plots.
 """
 
@@ -27,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import resource
 import shlex
 import shutil
 import subprocess
@@ -85,43 +87,57 @@ STAGES = {
     "stage 2": "train everything, English replay at half weight",
     "sft": "train on Q/A conversations with NEFTune",
     "sft lora": "the same SFT with LoRA adapters, then export merged",
-    "dpo": "DPO on the SFT model: right vs wrong category on unseen headlines",
+    "dpo": "DPO on the SFT model: right vs confused category on unseen headlines",
+    "export": "export stages 1 and 2 as HF folders",
+    "accuracy": "category accuracy on held-out headlines; LoRA figures",
     "continue dense": "stage 2's model, a few steps more on its data (zero2)",
     "continue moe": "stage 2 upcycled to 4 experts (top-2), the same steps with --plugin moe --ep 2",
-    "export": "export each stage as an HF folder",
     "evaluate": "bits per byte on held-out text, inference_example.py",
-    "accuracy": "category accuracy on held-out headlines; LoRA figures",
     "report": "report.md and report.png",
 }
 WEIGHTS = {
     "test": {"corpus": 1, "base model": 75, "tokenizer": 42, "datasets": 14, "stage 1": 40, "stage 2": 70,
-             "sft": 40, "sft lora": 45, "dpo": 70, "continue dense": 38, "continue moe": 75, "export": 57,
-             "evaluate": 250, "accuracy": 65, "report": 5},
+             "sft": 40, "sft lora": 45, "dpo": 70, "export": 57, "accuracy": 65, "continue dense": 38,
+             "continue moe": 75, "evaluate": 250, "report": 5},
     "full": {"corpus": 1, "base model": 200, "tokenizer": 18, "datasets": 18, "stage 1": 65, "stage 2": 275,
-             "sft": 65, "sft lora": 56, "dpo": 204, "continue dense": 50, "continue moe": 85, "export": 17,
-             "evaluate": 150, "accuracy": 82, "report": 2},
+             "sft": 65, "sft lora": 56, "dpo": 204, "export": 17, "accuracy": 82, "continue dense": 50,
+             "continue moe": 85, "evaluate": 150, "report": 2},
 }
+
+
+# glibc hands every allocation above its mmap threshold (at most 32 MB) fresh pages from the kernel and gives
+# them back when freed, so a training step's large tensors (full scale: 74 MB of logits, their gradient,
+# ...) are page-faulted and zeroed again every step: ~90,000 page faults a step, 1.5 s of system time
+# per 4 s of user time in bench/malloc_page_faults.py. Served from the heap and kept, they are reused:
+# system time ~0.1 s per 4 s. The demo's models are small, so the heap's peak staying mapped costs little.
+MALLOC = {"MALLOC_MMAP_MAX_": "0", "MALLOC_TRIM_THRESHOLD_": str(1 << 34)}
+# One thread per process, as torchrun gives each training rank: the single-process commands (scoring, export,
+# evaluation) on a tiny model gain nothing from a second thread, whose OpenMP spin-waiting costs CPU:
+# `python -m colossal_hammer.demo.accuracy` on 100 questions, test scale, this 2-core CPU under load:
+# 6.4 s user with OMP_NUM_THREADS=1 against 21.1 s with 2 (64 s against 116 s wall).
+THREADS = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
 
 
 class Demo:
     def __init__(self, out: Path, scale: Scale):
         self.out = out
         self.s = scale
-        self.env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+        self.env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", **MALLOC, **THREADS}
         self.log = []
 
     def run(self, *cmd) -> str:
         cmd = [str(c) for c in cmd]
         shown = " ".join(shlex.quote(c) for c in cmd).replace(sys.executable, "python")
         print(f"$ {shown}", flush=True)
-        start = time.time()
+        start, used = time.time(), resource.getrusage(resource.RUSAGE_CHILDREN)
         # Output is kept (shown in full only if the step fails); its progress bars are shown as they come.
         proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         output = relay(proc.stdout)
         if proc.wait():
             print(output[-5000:])
             raise InputError(f"demo step failed: {shown}")
-        self.log.append((shown, time.time() - start))
+        now = resource.getrusage(resource.RUSAGE_CHILDREN)  # the command's processes, torchrun's ranks included
+        self.log.append((shown, time.time() - start, now.ru_utime - used.ru_utime, now.ru_stime - used.ru_stime))
         return output
 
     def torchrun(self, *args) -> str:
@@ -242,9 +258,12 @@ class Demo:
     def sft(self) -> None:
         self.train("sft", ["--load_weights_only", self.last_step("stage2")], self.out / "data" / "sft", self.s.sft_steps,
                    5e-4, "--use_neft", "--padding_mode", "longest")
+        # exported now: post-training scores it on the validation questions
+        self.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", self.last_step("sft"),
+                 "--output_dir", self.out / "models" / "sft")
 
     def export(self) -> None:
-        for name in ("stage1", "stage2", "sft"):
+        for name in ("stage1", "stage2"):
             self.run(sys.executable, "-m", "colossal_hammer.model.export", "--checkpoint", self.last_step(name),
                      "--output_dir", self.out / "models" / name)
 
@@ -317,7 +336,9 @@ class Demo:
         ends = {n: [r for r in self.records(n) if r.get("kind") == "eval"][-1] for n in names}
         in_training = "\n".join(f"| {n} | {ends[n]['step']} | {ends[n]['eval/heldout/zh/bpb']:.4f} | "
                                  f"{ends[n]['eval/heldout/en/bpb']:.4f} |" for n in names)
-        steps = "\n".join(f"- `{cmd}` ({seconds:.0f} s)" for cmd, seconds in self.log)
+        steps = "\n".join(f"- `{cmd}` ({seconds:.0f} s; CPU: user {user:.0f} s, system {system:.0f} s)"
+                          for cmd, seconds, user, system in self.log)
+        cpu = f"{sum(r[2] for r in self.log):.0f} s user, {sum(r[3] for r in self.log):.0f} s system"
         (self.out / "report.md").write_text(f"""# colossal_hammer quick start report
 
 ![loss curves and bits per byte](report.png)
@@ -356,6 +377,8 @@ figures run a little apart from the exports' above). The middle plot shows them 
 
 ## Commands run
 
+In all {sum(r[1] for r in self.log):.0f} s; CPU time of their processes: {cpu}.
+
 {steps}
 """, encoding="utf-8")
 
@@ -364,8 +387,22 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(prog=command_name(__spec__), description=__doc__.splitlines()[0])
     p.add_argument("--scale", choices=sorted(SCALES), default="full")
     p.add_argument("--output_dir", default="demo_output")
+    p.add_argument("--lora_lrs", default=None, type=learning_rates,
+                   help="Comma-separated learning rates for the LoRA SFT: one run each, the best on the validation "
+                        "questions kept (default: the scale's one, demo/post_training.py POST_SCALES)")
     a = p.parse_args(argv)
-    return run_cli(lambda: run_demo(Path(check_output(a.output_dir, "--output_dir", [])).resolve(), a.scale))
+    return run_cli(lambda: run_demo(Path(check_output(a.output_dir, "--output_dir", [])).resolve(), a.scale,
+                                    a.lora_lrs))
+
+
+def learning_rates(text: str) -> list:
+    try:
+        lrs = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give positive numbers separated by commas, e.g. 1e-3,5e-3")
+    if not lrs or any(not lr > 0 for lr in lrs) or len(set(lrs)) != len(lrs):
+        raise argparse.ArgumentTypeError(f"{text!r}: give distinct positive numbers separated by commas")
+    return lrs
 
 
 MARKER = ".colossal_hammer_demo"  # says the folder is the demo's own output, which a new run may replace
@@ -386,30 +423,29 @@ def prepare_output(out: Path) -> None:
     (out / MARKER).write_text("written by python -m colossal_hammer.demo; a new demo run clears this folder\n")
 
 
-def run_demo(out: Path, scale: str) -> dict:
+def run_demo(out: Path, scale: str, lora_lrs: list = None) -> dict:
     prepare_output(out)
     demo = Demo(out, SCALES[scale])
-    demo.post = PostTraining(demo, scale)
+    demo.post = PostTraining(demo, scale, lora_lrs)
     demo.upcycling = Upcycling(demo, scale)
-    progress = Progress(WEIGHTS[scale])
+    weights = dict(WEIGHTS[scale])
+    weights["sft lora"] *= len(demo.post.lora_lrs)
+    progress = Progress(weights)
     steps = {"corpus": demo.corpus, "base model": demo.base, "tokenizer": demo.extend, "datasets": demo.datasets,
              "stage 1": demo.stage1, "stage 2": demo.stage2, "sft": demo.sft, "sft lora": demo.post.sft_lora,
-             "dpo": demo.post.dpo, "continue dense": demo.upcycling.dense, "continue moe": demo.upcycling.moe,
-             "export": demo.export}
+             "dpo": demo.post.dpo, "export": demo.export, "accuracy": demo.post.accuracy,
+             "continue dense": demo.upcycling.dense, "continue moe": demo.upcycling.moe}
     for name, step in steps.items():
         progress.stage(name, STAGES[name])
         step()
     progress.stage("evaluate", STAGES["evaluate"])
     results = demo.evaluate()
-    progress.stage("accuracy", STAGES["accuracy"])
-    demo.post.accuracy()
     progress.stage("report", STAGES["report"])
     demo.report(results)
     print(f"\nbits per byte on held-out text: {json.dumps(results)}")
-    results.update(demo.post.figures)  # accuracy, dpo, lora (after the report: its table reads only stages)
+    # accuracy, dpo, lora[, lora_lr_choice] (after the report: its table reads only stages)
+    results.update(demo.post.figures)
     results["moe"] = demo.upcycling.figures
-    print(f"category accuracy on held-out headlines: {json.dumps(demo.post.figures['accuracy'])}")
-    print(f"LoRA SFT: {json.dumps(demo.post.figures['lora'])}")
     print(f"MoE continuation: {json.dumps({k: v for k, v in demo.upcycling.figures.items() if k != 'expert_load'})}")
     print(f"report: {out / 'report.md'} ({progress.finish():.0f} s in all)")
     print(f"talk to the SFT model (page on http://127.0.0.1:8000/, OpenAI API on /v1):\n"

@@ -12,7 +12,7 @@ from colossal_hammer.demo.upcycling import STEPS as UPCYCLING_STEPS
 
 
 def test_quick_start_at_test_scale(tmp_path, capsys):
-    results = demo_main(["--scale", "test", "--output_dir", str(tmp_path / "demo")])
+    results = demo_main(["--scale", "test", "--output_dir", str(tmp_path / "demo"), "--lora_lrs", "2e-3,5e-3"])
     # it ends with the one command that serves its SFT model
     assert f"python -m colossal_hammer.serve --model {tmp_path / 'demo' / 'models' / 'sft'} --port 8000" \
         in capsys.readouterr().out
@@ -44,6 +44,22 @@ def test_quick_start_at_test_scale(tmp_path, capsys):
     # DPO trained: its steps ran and its loss started at ln 2 (policy = reference)
     dpo = results["dpo"]
     assert dpo["steps"] >= 30 and dpo["pairs"] >= 300 and abs(dpo["first_loss"] - 0.6931) < 0.01
+    # its pairs come from the categories the SFT got wrong on the validation questions, never the held-out ones
+    questions = {name: [json.loads(line)["question"] for line in
+                        (tmp_path / "demo" / "corpus" / f"{name}_questions.jsonl").read_text().splitlines()]
+                 for name in ("validation", "category")}
+    assert len(questions["validation"]) >= 300 and not set(questions["validation"]) & set(questions["category"])
+    assert dpo["validation_n"] == len(questions["validation"])
+    assert sum(dpo["sft_validation_errors"].values()) == round(dpo["validation_n"] * (1 - dpo["sft_validation_accuracy"]))
+    assert dpo["categories"] == sorted(c for c, k in dpo["sft_validation_errors"].items() if k)
+    prompts = [json.loads(line)["prompt"] for line in
+               (tmp_path / "demo" / "corpus" / "dpo" / "pairs.jsonl").read_text().splitlines()]
+    assert not {p.split("？", 1)[1] for p in prompts} & (set(questions["validation"]) | set(questions["category"]))
+    # LoRA's learning rate: one run per candidate, the best on validation kept and scored on held-out
+    choice = results["lora_lr_choice"]
+    assert set(choice["lora"]) == {"0.002", "0.005"} and choice["validation_n"] == dpo["validation_n"]
+    assert choice["lora"][f"{choice['chosen']:g}"] == max(choice["lora"].values())
+    assert results["lora"]["lr"] == choice["chosen"]
     # LoRA: a small share of the weights trained, an adapter far smaller than the model, bits/byte measured
     lora = results["lora"]
     assert lora["trainable_params"] + lora["full_sft_trainable_params"] == lora["num_params"]  # base + adapters

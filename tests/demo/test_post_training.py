@@ -11,36 +11,51 @@ from colossal_hammer.eval import benchmark
 from tests.conftest import save_tiny_llama
 
 
-@pytest.mark.parametrize("n", [200, 900])
-def test_dpo_and_heldout_texts_are_disjoint_from_training_and_each_other(n):
+@pytest.mark.parametrize("n", [200, 700])
+def test_validation_dpo_and_heldout_texts_are_disjoint_from_training_and_each_other(n):
     news = corpora.chinese_news()
-    dpo, heldout = preference.splits(news, n, dpo_per_category=60)
+    parts = preference.splits(news, n, dpo_per_category=60)
+    trained = {preference.headline(t) for ts in news.values() for t in ts[: n + preference.SFT_PER_CATEGORY]}
     for category, sentences in news.items():
         # by headline, what the questions ask about: the package repeats some texts
-        trained = {preference.headline(t) for ts in news.values() for t in ts[: n + preference.SFT_PER_CATEGORY]}
-        mine_dpo = {preference.headline(t) for t in dpo.get(category, [])}
-        mine_held = {preference.headline(t) for t in heldout.get(category, [])}
-        assert not trained & mine_dpo and not trained & mine_held and not mine_dpo & mine_held
-        assert len(dpo.get(category, [])) <= 60
-        if category in heldout:
-            assert set(heldout[category]) <= set(sentences[-preference.HELDOUT_PER_CATEGORY:])
-            assert len(heldout[category]) >= 30
-    # 时尚 has 563 texts: at n = 900 all were pretrained on, so it gives neither pairs nor questions
-    assert ("时尚" in heldout) == (n == 200)
-    assert len(heldout) >= 9
+        mine = {name: {preference.headline(t) for t in getattr(parts, name).get(category, [])}
+                for name in ("validation", "dpo", "heldout")}
+        assert not trained & (mine["validation"] | mine["dpo"] | mine["heldout"])
+        assert not mine["validation"] & mine["dpo"] and not mine["validation"] & mine["heldout"]
+        assert not mine["dpo"] & mine["heldout"]
+        assert len(parts.dpo.get(category, [])) <= 60
+        if category in parts.heldout:
+            assert set(parts.heldout[category]) <= set(sentences[-preference.HELDOUT_PER_CATEGORY:])
+            assert len(parts.heldout[category]) >= 30 and len(parts.validation[category]) >= 30
+            assert len(parts.dpo[category]) == 60
+    # and across categories: the package repeats a few texts under two categories
+    everyone = {name: [preference.headline(t) for ts in getattr(parts, name).values() for t in ts]
+                for name in ("validation", "dpo", "heldout")}
+    assert not set(everyone["dpo"]) & (set(everyone["validation"]) | set(everyone["heldout"]))
+    assert not set(everyone["validation"]) & set(everyone["heldout"])
+    # 时尚 has 563 texts: at n = 700 all but its SFT questions were pretrained on, so it gives no later part
+    assert ("时尚" in parts.heldout) == ("时尚" in parts.validation) == ("时尚" in parts.dpo) == (n == 200)
+    assert len(parts.heldout) >= 9
 
 
-def test_pairs_prefer_the_right_category_in_the_sft_form():
+def test_pairs_reject_the_categories_the_sft_confused():
     news = corpora.chinese_news()
-    dpo, _ = preference.splits(news, 200, dpo_per_category=5)
-    pairs = preference.pairs(dpo, sorted(news))
-    assert len(pairs) == 5 * len(dpo)
+    dpo = preference.splits(news, 200, dpo_per_category=50).dpo
+    # 体育 taken for 娱乐 3 times and for 游戏 once; 科技 for 财经 twice; every other category answered right
+    confusion = {"体育": {"娱乐": 3, "游戏": 1}, "科技": {"财经": 2}, "教育": {}}
+    pairs = preference.pairs(dpo, confusion)
+    assert len(pairs) == 2 * 50
     by_headline = {preference.headline(t): c for c, ts in dpo.items() for t in ts}
+    rejected = {"体育": [], "科技": []}
     for p in pairs:
         category = by_headline[p["prompt"].split("？", 1)[1]]
         assert p["chosen"] == f"这是一条{category}新闻。"
-        assert p["rejected"] != p["chosen"] and p["rejected"].startswith("这是一条")
-    assert pairs == preference.pairs(dpo, sorted(news))  # deterministic
+        rejected[category].append(p["rejected"])
+    assert set(rejected["科技"]) == {"这是一条财经新闻。"}
+    assert set(rejected["体育"]) == {"这是一条娱乐新闻。", "这是一条游戏新闻。"}
+    assert rejected["体育"].count("这是一条娱乐新闻。") > rejected["体育"].count("这是一条游戏新闻。")  # 3:1
+    assert pairs == preference.pairs(dpo, confusion)  # deterministic
+    assert preference.pairs(dpo, {}) == []  # no failure, nothing to fix
 
 
 def test_check_sft_form_refuses_another_form(tmp_path):
@@ -96,6 +111,13 @@ def test_questions_and_scores_equal_a_plain_computation(tokenizer_dir, tmp_path)
     assert got["predictions"] == "".join("ABCD"[p] for p in picks)
     assert got["accuracy"] == pytest.approx(sum(p == q.answer for p, q in zip(picks, questions)) / 12)
     assert got["n"] == 12
+    wrong = {}
+    for p, q in zip(picks, questions):
+        if p != q.answer:
+            wrong.setdefault(q.choices[q.answer], {}).setdefault(q.choices[p], 0)
+            wrong[q.choices[q.answer]][q.choices[p]] += 1
+    assert got["confusion"] == wrong and sum(map(sum, (r.values() for r in wrong.values()))) == round(
+        12 * (1 - got["accuracy"]))
 
 
 def test_accuracy_command_errors_are_one_line(tmp_path):
@@ -116,3 +138,18 @@ def test_accuracy_command_errors_are_one_line(tmp_path):
                               capture_output=True, text=True)
         assert proc.returncode == 2 and expected in proc.stderr
         assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_lora_lrs_flag_refuses_bad_lists_in_one_line():
+    import subprocess
+    import sys
+
+    from tests.distributed import REPO
+
+    for bad in ("2e-3,x", "0,1e-3", "1e-3,1e-3"):
+        proc = subprocess.run([sys.executable, "-m", "colossal_hammer.demo", "--lora_lrs", bad,
+                               "--output_dir", "/nonexistent/never-written"], cwd=REPO, capture_output=True, text=True)
+        assert proc.returncode == 2 and f"--lora_lrs: {bad!r}" in proc.stderr
+    from colossal_hammer.demo.pipeline import learning_rates
+
+    assert learning_rates("2e-3,5e-3,1e-2") == [2e-3, 5e-3, 1e-2]
