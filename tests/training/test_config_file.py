@@ -139,7 +139,8 @@ def test_cluster_settings_are_the_planners_only(tmp_path):
 
 
 def test_resuming_with_a_changed_config_file_says_which_keys_differ(tmp_path):
-    """A layout key changed in the file is refused naming it; another (the learning rate) is said, then trained."""
+    """A layout key changed in the file is refused naming it, a learning rate that would jump too; another key
+    (grad_clip) is said, then trained."""
     base = "model_config: tiny\ndata: {benchmark: true, num_samples: 32, max_length: 32}\nplugin: ddp\n" \
            "mixed_precision: fp32\nsave_interval: 0\nresume: auto\n"
     save = ["--save_dir", tmp_path / "ckpt"]
@@ -152,11 +153,16 @@ def test_resuming_with_a_changed_config_file_says_which_keys_differ(tmp_path):
     errors = [line for line in refused.stdout.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "--plugin ddp --mixed_precision fp32, this run has --plugin zero2 " \
                                  "--mixed_precision bf16" in errors[0], refused.stdout[-3000:]
+    # a learning rate that would jump at the resume step is refused (training/schedule.py), from a file as by flag
     new_lr = write(tmp_path / "new_lr.yaml", base + "max_steps: 3\nlr: 5.0e-4\n")
-    resumed = train(["--config", new_lr, *save], tmp_path / "logs3", nproc=1)
+    jumped = launch(["--config", new_lr, *save], tmp_path / "logs3", nproc=1)
+    errors = [line for line in jumped.stdout.splitlines() if line.startswith("error:")]
+    assert jumped.returncode == 2 and len(errors) == 1 and "the learning rate would jump" in errors[0], errors
+    new_clip = write(tmp_path / "new_clip.yaml", base + "max_steps: 3\nlr: 1.0e-3\ngrad_clip: 0.5\n")
+    resumed = train(["--config", new_clip, *save], tmp_path / "logs4", nproc=1)
     assert resumed["info"]["start_step"] == 2 and [r["step"] for r in resumed["records"]] == [3]
     note = next(line for line in resumed["output"].splitlines() if line.startswith("note: resuming"))
-    assert "max_steps 2 -> 3" in note and "lr 0.001 -> 0.0005" in note, note
+    assert "max_steps 2 -> 3" in note and "grad_clip 1.0 -> 0.5" in note, note
     assert "tensorboard_dir" in note  # each run its own log folder here: said too
 
 
