@@ -25,7 +25,8 @@ def test_help_lists_every_flag():
         (["--plugin", "zero2", "--tp", "2"], "need --plugin 3d"),
         (["--plugin", "gemini", "--mixed_precision", "fp32"], "Gemini trains in fp16 or bf16 only"),
         (["--plugin", "3d", "--zero_stage", "1", "--mixed_precision", "fp32"], "--zero_stage > 0 trains in fp16"),
-        (["--plugin", "ddp", "--mixed_precision", "fp16"], "fp16 needs a GPU"),
+        (["--plugin", "zero2", "--mixed_precision", "fp16", "--initial_loss_scale", "0.5"],
+         "--initial_loss_scale 0.5: must be from 1"),
     ],
 )
 def test_bad_combination_is_one_clear_line(flags, message, tmp_path):
